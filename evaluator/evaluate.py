@@ -1,0 +1,177 @@
+"""``abtest evaluate``: one model on one dataset -> predictions.parquet + metrics.json, live /metrics meanwhile."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from abtest_evaluator import datasets, models, resolve, results, summary
+from abtest_evaluator.config import EvalConfig
+from abtest_evaluator.runner import Runner, seed_everything, seed_worker
+from abtest_evaluator.telemetry import EvalTelemetry, GpuSampler
+from abtest_operator.errors import UserError
+
+
+class TransformedDataset(Dataset):
+    def __init__(self, ds: datasets.EvalDataset, transform, mode: str):
+        self.ds, self.transform, self.mode = ds, transform, mode
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        return self.transform(self.ds.load(i).convert(self.mode)), int(self.ds.labels[i])
+
+
+def library_versions() -> dict:
+    import timm
+    import torchvision
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "timm": timm.__version__, "numpy": np.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}
+
+
+def predictions_table(labels, topk, confidence, ids) -> pa.Table:
+    k = topk.shape[1]
+    return pa.table({
+        "index": pa.array(np.arange(len(labels), dtype=np.int64)),
+        "label": pa.array(labels.astype(np.int64)),
+        "pred": pa.array(topk[:, 0].astype(np.int64)),
+        "confidence": pa.array(confidence.astype(np.float32)),
+        "top5": pa.FixedSizeListArray.from_arrays(pa.array(topk.reshape(-1).astype(np.int32)), k),
+        "sample_id": pa.array(ids),
+    })
+
+
+class Progress:
+    """A bar on a terminal, JSON lines for a parent process (``abtest run``), or nothing."""
+
+    def __init__(self, mode: str, label: str, total: int):
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "none"
+        self.mode, self.label, self.total, self.done, self._last = mode, label, total, 0, 0.0
+        self._bar = None
+        if mode == "bar":
+            from rich.progress import Progress as RichProgress
+
+            self._bar = RichProgress(transient=False)
+            self._task = self._bar.add_task(label, total=total)
+
+    def __enter__(self):
+        if self._bar:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._bar:
+            self._bar.stop()
+
+    def advance(self, n: int, accuracy: float) -> None:
+        self.done += n
+        if self._bar:
+            self._bar.update(self._task, advance=n, description=f"{self.label} acc {accuracy:.3f}")
+        elif self.mode == "json" and (time.monotonic() - self._last > 0.25 or self.done == self.total):
+            self._last = time.monotonic()
+            print(json.dumps({"progress": self.done, "total": self.total, "accuracy": accuracy}), file=sys.stderr, flush=True)
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Run the evaluation and write its files atomically; returns metrics.json's content."""
+    out = Path(cfg.out)
+    if cfg.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    device = resolve.resolve_device(cfg.device, torch.cuda.is_available())
+    amp_dtype = resolve.resolve_amp_dtype(device, cfg.amp, cfg.amp_dtype)
+    threads = resolve.resolve_threads(cfg.threads)
+    torch.set_num_threads(threads)
+    seed_everything(cfg.seed, device)
+
+    ds = datasets.load_dataset(cfg.dataset, cfg.split, cfg.path, cfg.limit, cfg.dataset_class)
+    num_classes = cfg.num_classes or ds.num_classes
+    if num_classes < ds.num_classes or int(ds.labels.max()) >= num_classes:
+        raise UserError(f"dataset {ds.name} has {ds.num_classes} classes but the model outputs {num_classes}; set --num-classes {ds.num_classes} (spec.models[].numClasses)")
+    loaded = models.build_model(cfg.model, num_classes, cfg.in_chans, cfg.pretrained, cfg.checkpoint)
+    data_cfg = resolve.resolve_data_config(loaded.pretrained_cfg, cfg.in_chans, cfg.input_size, cfg.interpolation, cfg.mean, cfg.std, cfg.crop_pct)
+
+    from timm.data import create_transform
+
+    transform = create_transform(**data_cfg.as_timm_kwargs(), is_training=False)
+    loader = DataLoader(
+        TransformedDataset(ds, transform, "L" if cfg.in_chans == 1 else "RGB"),
+        batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers, worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(cfg.seed), pin_memory=device == "cuda", persistent_workers=False,
+    )
+    runner = Runner(loaded.module, device, amp_dtype, cfg.channels_last, cfg.compile)
+    telemetry = EvalTelemetry(cfg.abtest, cfg.namespace, cfg.model_label, len(ds))
+    server = telemetry.serve(cfg.metrics_port) if cfg.metrics_port is not None else None
+
+    n, k = len(ds), min(5, num_classes)
+    topk = np.empty((n, k), dtype=np.int64)
+    confidence = np.empty(n, dtype=np.float32)
+    batch_seconds, batch_sizes = [], []
+    sampler = GpuSampler(runner.device.index or 0, on_sample=lambda r: telemetry.set_gpu(None, r)) if device == "cuda" else nullcontext()
+    started = time.time()
+    try:
+        with sampler, Progress(cfg.progress, cfg.model_label, n) as progress:
+            pos = 0
+            for images, labels in loader:
+                if pos == 0 and cfg.warmup_batches:
+                    runner.warmup(images, cfg.warmup_batches)
+                batch = runner(images)
+                size = len(labels)
+                topk[pos:pos + size] = batch.topk.numpy()
+                confidence[pos:pos + size] = batch.confidence.numpy()
+                correct = int((batch.topk[:, 0] == labels).sum())
+                pos += size
+                batch_seconds.append(batch.seconds)
+                batch_sizes.append(size)
+                telemetry.observe_batch(size, correct, float(batch.confidence.sum()), batch.seconds)
+                if (memory := runner.gpu_memory()) is not None:
+                    telemetry.set_gpu(memory["max_allocated_bytes"], None)
+                progress.advance(size, telemetry._correct / telemetry._seen)
+        finished = time.time()
+        labels = ds.labels
+        metrics = summary.summarize(labels, topk[:, 0], (topk == labels[:, None]).any(axis=1) if k >= 5 else None,
+                                    confidence, np.asarray(batch_seconds), np.asarray(batch_sizes), num_classes)
+        metrics.update({
+            "model": cfg.model_label,
+            "architecture": cfg.model,
+            "weights": loaded.weights,
+            "dataset": {"name": ds.name, "split": cfg.split, "path": cfg.path, "limit": cfg.limit, "classes": ds.classes},
+            "fingerprint": ds.fingerprint(),
+            "seed": cfg.seed,
+            "batch_size": cfg.batch_size,
+            "warmup_batches": cfg.warmup_batches,
+            "data_config": {**data_cfg.as_timm_kwargs()},
+            "device": {"type": device, "name": runner.device_name(), "threads": threads, "amp_dtype": amp_dtype,
+                       "channels_last": cfg.channels_last, "compile": cfg.compile},
+            "gpu_memory": runner.gpu_memory(),
+            "gpu_utilization": sampler.summary() if device == "cuda" else None,
+            "versions": library_versions(),
+            "image": os.environ.get("ABTEST_IMAGE"),
+            "started_at": started,
+            "finished_at": finished,
+            "abtest": {"name": cfg.abtest, "namespace": cfg.namespace} if cfg.abtest else None,
+        })
+        out.mkdir(parents=True, exist_ok=True)
+        predictions = out / results.PREDICTIONS
+        results.atomic_write_parquet(predictions, predictions_table(labels, topk, confidence, ds.ids))
+        metrics["predictions_sha256"] = {results.PREDICTIONS: results.sha256_file(predictions)}
+        results.atomic_write_json(out / results.METRICS, metrics)  # last: its presence means "complete"
+        telemetry.completed.set(1)
+        if cfg.pushgateway:
+            telemetry.push(cfg.pushgateway)
+        return metrics
+    finally:
+        if server is not None:
+            server.shutdown()

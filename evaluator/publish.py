@@ -1,0 +1,52 @@
+"""Writes the analysis verdict into an ABTest's status subresource (what the analysis Job does)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from abtest_operator.errors import UserError
+
+GROUP, VERSION, PLURAL = "abtest.dev", "v1alpha1", "abtests"
+RETRYABLE = {409, 429, 500, 502, 503, 504}
+log = logging.getLogger(__name__)
+
+
+def custom_objects_api():
+    """In-cluster credentials (the analysis Job's ServiceAccount), else the local kubeconfig."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.CustomObjectsApi()
+
+
+def parse_reference(ref: str) -> tuple[str, str]:
+    namespace, sep, name = ref.partition("/")
+    if not sep or not namespace or not name:
+        raise UserError(f"--abtest {ref!r} must be NAMESPACE/NAME")
+    return namespace, name
+
+
+def publish_result(ref: str, summary: dict, api=None, attempts: int = 5, sleep=time.sleep) -> None:
+    """Merge-patch status.result; retries conflicts and transient errors, explains missing permissions."""
+    from kubernetes.client.exceptions import ApiException
+
+    namespace, name = parse_reference(ref)
+    api = api or custom_objects_api()
+    body = {"status": {"result": summary}}
+    for attempt in range(attempts):
+        try:
+            api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, body)
+            return
+        except ApiException as err:
+            if err.status == 403:
+                raise UserError(f"not allowed to patch abtests/status of {ref}; grant the analysis ServiceAccount 'patch' on abtests/status in {namespace}") from None
+            if err.status == 404:
+                raise UserError(f"ABTest {ref} does not exist (deleted while the analysis ran?)") from None
+            if err.status not in RETRYABLE or attempt == attempts - 1:
+                raise UserError(f"patching the status of ABTest {ref} failed: HTTP {err.status} {err.reason}") from None
+            log.warning("status patch of %s got HTTP %s, retrying", ref, err.status)
+            sleep(min(0.5 * 2**attempt, 8))

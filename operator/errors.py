@@ -1,0 +1,10 @@
+"""The one exception type users see: a one-line message naming the problem and the fix."""
+
+
+class UserError(Exception):
+    """Bad input. The CLI prints ``error: <message>`` without a traceback and exits 2."""
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(message.split()))  # always one line

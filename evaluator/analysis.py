@@ -108,7 +108,7 @@ def compare(a: ModelData, b: ModelData, test: str, alpha: float) -> dict:
     mde = stats.min_detectable_diff(n, table.discordant / n, alpha)
     lat = stats.ratio_of_medians(np.asarray(a.metrics["latency"]["batches_ms"]), np.asarray(b.metrics["latency"]["batches_ms"]))
     return {
-        "a": a.name, "b": b.name, **stats.table_dict(table), "method": mc["method"], "statistic": mc["statistic"],
+        "a": a.name, "b": b.name, **stats.table_dict(table), "n": n, "method": mc["method"], "statistic": mc["statistic"],
         "p_value": mc["p"].value, "p_value_text": mc["p"].text, "log10_p_value": mc["p"].log10,
         "accuracy_diff": table.diff, "ci95": [lo, hi], "min_detectable_diff": mde, "latency_ratio": lat,
     }

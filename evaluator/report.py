@@ -66,7 +66,7 @@ def _per_class_plot(metrics: dict[str, dict]) -> str:
     ax.set_xlabel("class")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.05)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     if k <= 30:
         ax.set_xticks(range(k))
     return _png(fig)
@@ -75,7 +75,7 @@ def _per_class_plot(metrics: dict[str, dict]) -> str:
 def _latency_plot(metrics: dict[str, dict]) -> str:
     fig, ax = plt.subplots(figsize=(7, 3.2))
     data = [np.asarray(m["latency"]["batches_ms"]) for m in metrics.values()]
-    parts = ax.violinplot(data, showmedians=True, vert=False)
+    parts = ax.violinplot(data, showmedians=True, orientation="horizontal")
     for body, color in zip(parts["bodies"], COLORS):
         body.set_facecolor(color)
     ax.set_yticks(range(1, len(data) + 1), list(metrics))
@@ -109,7 +109,7 @@ def _summary(result: dict) -> str:
     rows = []
     for name, m in result["models"].items():
         mem = m["gpu_memory_bytes"]
-        rows.append([name + (" 🏆" if name == result["winner"] else ""), f"{m['accuracy'] * 100:.2f}%",
+        rows.append([name + (" (winner)" if name == result["winner"] else ""), f"{m['accuracy'] * 100:.2f}%",
                      "-" if m["top5"] is None else f"{m['top5'] * 100:.2f}%", f"{m['latency_ms_p50']:.2f}",
                      f"{m['throughput']:.0f}", "-" if mem is None else f"{mem / 1e9:.2f}", f"{m['ece']:.3f}", m["device"] or "-"])
     return _table(["model", "accuracy", "top-5", "latency ms/batch (p50)", "images/s", "GPU mem GB", "ECE", "device"], rows)

@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import optimize, special, stats
 from statsmodels.stats.contingency_tables import cochrans_q, mcnemar
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
@@ -80,6 +80,17 @@ def _p_value(p: float, log_p: float) -> PValue:
     return PValue(P_FLOOR, float(log10), True)
 
 
+def chi2_logsf(x: float, df: int) -> float:
+    """log P(chi2_df > x) that stays finite where scipy's underflows (asymptotic tail of the incomplete gamma)."""
+    if df == 1:
+        return math.log(2) + float(special.log_ndtr(-math.sqrt(x)))  # chi2_1 tail = 2 * Phi(-sqrt(x))
+    log_p = float(stats.chi2.logsf(x, df))
+    if math.isfinite(log_p):
+        return log_p
+    k = df / 2
+    return (k - 1) * math.log(x / 2) - x / 2 - math.lgamma(k)
+
+
 def mcnemar_test(table: Table, test: str = "auto") -> dict:
     """McNemar's test via statsmodels. ``auto``: exact binomial below EXACT_BELOW discordant pairs, else chi2 with continuity correction."""
     if test not in ("auto", "exact", "chi2"):
@@ -90,9 +101,10 @@ def mcnemar_test(table: Table, test: str = "auto") -> dict:
     res = mcnemar(table.matrix(), exact=exact, correction=True)
     if exact:
         k, m = min(table.n10, table.n01), table.discordant
-        log_p = min(0.0, math.log(2) + stats.binom.logcdf(k, m, 0.5))
+        # log P(X <= k) summed in log space: binom.logcdf is log(cdf) and underflows to -inf
+        log_p = min(0.0, math.log(2) + float(special.logsumexp(stats.binom.logpmf(np.arange(k + 1), m, 0.5))))
     else:
-        log_p = stats.chi2.logsf(res.statistic, 1)
+        log_p = chi2_logsf(res.statistic, 1)
     return {"method": "exact" if exact else "chi2", "statistic": float(res.statistic), "p": _p_value(float(res.pvalue), float(log_p))}
 
 
@@ -130,7 +142,7 @@ def holm(p_values: list[float], alpha: float) -> tuple[list[float], list[bool]]:
 def cochran_q(correct: np.ndarray, alpha: float) -> dict:
     """Cochran's Q omnibus over an (n samples x k models) boolean matrix."""
     res = cochrans_q(correct.astype(np.int8))
-    log_p = stats.chi2.logsf(res.statistic, res.df)
+    log_p = chi2_logsf(res.statistic, res.df)
     p = _p_value(float(res.pvalue), float(log_p))
     return {"test": "cochrans_q", "statistic": float(res.statistic), "df": int(res.df), "p_value": p.value,
             "p_value_text": p.text, "log10_p_value": p.log10, "significant": p.value < alpha}

@@ -1,0 +1,268 @@
+"""`abtest analyze` and `abtest run`: verdicts checked against an independent computation, and every refusal."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from statsmodels.stats.contingency_tables import cochrans_q, mcnemar
+from statsmodels.stats.multitest import multipletests
+
+from abtest_evaluator import results
+from abtest_evaluator.analysis import analyze, run_analysis
+from abtest_operator.errors import UserError
+from conftest import ROOT, abtest_cli, read_json
+
+
+def independent(root: Path, names: list[str], alpha=0.05):
+    """Straight from the parquet files with statsmodels: what the analysis must reproduce."""
+    correct = {n: (lambda t: t.column("pred").to_numpy() == t.column("label").to_numpy())(pq.read_table(root / n / "predictions.parquet"))
+               for n in names}
+    pairs, pvals = [], []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            n10 = int((correct[a] & ~correct[b]).sum())
+            n01 = int((~correct[a] & correct[b]).sum())
+            exact = n10 + n01 < 25
+            table = [[int((correct[a] & correct[b]).sum()), n10], [n01, int((~correct[a] & ~correct[b]).sum())]]
+            pvals.append(mcnemar(table, exact=exact, correction=True).pvalue)
+            pairs.append((a, b, n01, n10, (n10 - n01) / len(correct[a])))
+    adjusted = multipletests(pvals, alpha=alpha, method="holm")[1] if len(pvals) > 1 else pvals
+    return correct, pairs, pvals, list(adjusted)
+
+
+def copy_results(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("result.json", "report.html"))
+    return dst
+
+
+def test_analyze_cli_matches_statsmodels(evaluated, tmp_path):
+    root = copy_results(evaluated, tmp_path / "r")
+    proc = abtest_cli("analyze", root, "--alpha", "0.05")
+    assert proc.returncode == 0, proc.stderr
+    result = read_json(root / "result.json")
+    _, pairs, pvals, _ = independent(root, ["resnet", "vit"])
+    (a, b, n01, n10, diff), = pairs
+    (comp,) = result["comparisons"]
+    assert (comp["a"], comp["b"], comp["n01"], comp["n10"]) == (a, b, n01, n10)
+    assert comp["p_value"] == pytest.approx(pvals[0], rel=1e-9) and comp["p_value_adjusted"] == comp["p_value"]
+    assert comp["accuracy_diff"] == pytest.approx(diff) and comp["ci95"][0] <= diff <= comp["ci95"][1]
+    assert result["winner"] == ("resnet" if pvals[0] < 0.05 and diff > 0 else "vit" if pvals[0] < 0.05 else None)
+    assert result["omnibus"] is None and result["fingerprint"] == read_json(root / "resnet" / "metrics.json")["fingerprint"]
+    assert result["models"]["resnet"]["n"] == 360
+    assert result["verdict"] in proc.stdout and "resnet" in proc.stdout.splitlines()[1]
+    html = (root / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4 and "src=\"http" not in html and result["verdict"] in html
+
+
+def test_swapped_folders_give_the_same_p(evaluated, tmp_path):
+    root = copy_results(evaluated, tmp_path / "r")
+    for name, new in (("resnet", "zz-resnet"),):
+        (root / name).rename(root / new)  # folder order changes A and B; model names stay
+    result = analyze(root)
+    ref = analyze(copy_results(evaluated, tmp_path / "ref"))
+    (c,), (r,) = result["comparisons"], ref["comparisons"]
+    assert (c["a"], c["b"]) == (r["b"], r["a"])
+    assert c["p_value"] == pytest.approx(r["p_value"]) and c["accuracy_diff"] == pytest.approx(-r["accuracy_diff"])
+
+
+def _tamper_parquet(path: Path, change) -> None:
+    table = pq.read_table(path)
+    pq.write_table(change(table), path)
+
+
+def _set_column(name, values_fn):
+    def change(table):
+        i = table.schema.get_field_index(name)
+        return table.set_column(i, table.schema.field(name), values_fn(table.column(name)))
+    return change
+
+
+def _rehash(model_dir: Path) -> None:
+    metrics = read_json(model_dir / "metrics.json")
+    metrics["predictions_sha256"]["predictions.parquet"] = results.sha256_file(model_dir / "predictions.parquet")
+    (model_dir / "metrics.json").write_text(json.dumps(metrics))
+
+
+REFUSALS = {
+    "sha256 mismatch": (lambda root: _tamper_parquet(root / "vit" / "predictions.parquet", lambda t: t), "does not match the sha256"),
+    "different fingerprint": (lambda root: (root / "vit" / "metrics.json").write_text(
+        json.dumps({**read_json(root / "vit" / "metrics.json"), "fingerprint": "0" * 64})), "different samples or orders"),
+    "different count": (lambda root: (_tamper_parquet(root / "vit" / "predictions.parquet", lambda t: t.slice(0, 300)),
+                                      (root / "vit" / "metrics.json").write_text(json.dumps({**read_json(root / "vit" / "metrics.json"), "n": 300})),
+                                      _rehash(root / "vit")), "different numbers of samples"),
+    "different labels": (lambda root: (_tamper_parquet(root / "vit" / "predictions.parquet", _set_column("label", lambda c: pa.array((c.to_numpy() + 1) % 10))),
+                                       _rehash(root / "vit")), "labels differ between resnet and vit"),
+    "different order": (lambda root: (_tamper_parquet(root / "vit" / "predictions.parquet", _set_column("index", lambda c: pa.array(c.to_numpy()[::-1].copy()))),
+                                      _rehash(root / "vit")), "index is not 0..359 in order"),
+    "NaN confidence": (lambda root: (_tamper_parquet(root / "vit" / "predictions.parquet", _set_column("confidence", lambda c: pa.array(np.full(len(c), np.nan, np.float32)))),
+                                     _rehash(root / "vit")), "NaN confidences"),
+    "missing values": (lambda root: (_tamper_parquet(root / "vit" / "predictions.parquet", _set_column("pred", lambda c: pa.array([None] + c.to_pylist()[1:], pa.int64()))),
+                                     _rehash(root / "vit")), "has 1 missing values"),
+    "missing metrics": (lambda root: (root / "vit" / "metrics.json").unlink(), "metrics.json is missing"),
+    "one model": (lambda root: shutil.rmtree(root / "vit"), "needs at least 2 evaluated models"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_refusals_write_nothing(evaluated, tmp_path, case):
+    root = copy_results(evaluated, tmp_path / "r")
+    tamper, message = REFUSALS[case]
+    tamper(root)
+    proc = abtest_cli("analyze", root)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (root / "result.json").exists() and not (root / "report.html").exists()
+
+
+def test_sharded_predictions_are_merged_in_index_order(evaluated, tmp_path):
+    root = copy_results(evaluated, tmp_path / "r")
+    table = pq.read_table(root / "vit" / "predictions.parquet")
+    (root / "vit" / "predictions.parquet").unlink()
+    shas = {}
+    for i, (lo, hi) in enumerate(((240, 360), (0, 120), (120, 240))):  # written out of order
+        name = f"predictions-{i:05d}-of-00003.parquet"
+        pq.write_table(table.slice(lo, hi - lo), root / "vit" / name)
+        shas[name] = results.sha256_file(root / "vit" / name)
+    metrics = read_json(root / "vit" / "metrics.json")
+    metrics["predictions_sha256"] = shas
+    (root / "vit" / "metrics.json").write_text(json.dumps(metrics))
+    merged = results.read_predictions(root / "vit")
+    assert merged.column("index").to_pylist() == list(range(360))
+    assert analyze(root)["comparisons"][0]["p_value"] == analyze(copy_results(evaluated, tmp_path / "ref"))["comparisons"][0]["p_value"]
+    (root / "vit" / "predictions-00001-of-00003.parquet").unlink()
+    with pytest.raises(UserError, match=r"shards \[0, 2\] of 3"):
+        analyze(root)
+
+
+def test_warnings_for_devices_and_random_weights(evaluated, tmp_path):
+    root = copy_results(evaluated, tmp_path / "r")
+    metrics = read_json(root / "vit" / "metrics.json")
+    metrics["device"]["type"], metrics["weights"] = "cuda", "random"
+    (root / "vit" / "metrics.json").write_text(json.dumps(metrics))
+    warnings = analyze(root)["warnings"]
+    assert any("different device types" in w for w in warnings)
+    assert any("vit has random weights" in w for w in warnings)
+
+
+def test_power_warning_when_too_few_samples(evaluated, tmp_path):
+    """The first 40 samples alone cannot settle a small difference: the analysis says so."""
+    root = tmp_path / "r"
+    for name in ("resnet", "vit"):
+        (root / name).mkdir(parents=True)
+        table = pq.read_table(evaluated / name / "predictions.parquet").slice(0, 40)
+        pq.write_table(table, root / name / "predictions.parquet")
+        metrics = read_json(evaluated / name / "metrics.json")
+        metrics.update(n=40, fingerprint="same", predictions_sha256={"predictions.parquet": results.sha256_file(root / name / "predictions.parquet")})
+        (root / name / "metrics.json").write_text(json.dumps(metrics))
+    result = run_analysis(root)
+    if not result["comparisons"][0]["significant"]:
+        assert any("detectable at 80% power" in w or "cannot reach 80% power" in w for w in result["warnings"])
+        assert result["winner"] is None and result["verdict"].startswith("Not distinguishable")
+
+
+# --- abtest run: the whole local experiment ----------------------------------------------------
+
+
+def _manifest(tmp_path: Path, trained_models, models: list[tuple[str, str]], name="local") -> Path:
+    manifest = {"apiVersion": "abtest.dev/v1alpha1", "kind": "ABTest", "metadata": {"name": name},
+                "spec": {"device": "cpu", "workers": 0, "dataset": {"name": "digits"},
+                         "models": [{"name": n, "architecture": a, "checkpoint": str(trained_models[a]), "inputSize": 32, "cropPct": 1.0}
+                                    for n, a in models]}}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    return path
+
+
+def test_run_two_models_end_to_end(tmp_path, trained_models):
+    manifest = _manifest(tmp_path, trained_models, [("resnet", "timm/resnet10t"), ("vit", "timm/test_vit")])
+    proc = abtest_cli("run", manifest, "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out"
+    result = read_json(out / "result.json")
+    _, pairs, pvals, _ = independent(out, ["resnet", "vit"])
+    assert result["comparisons"][0]["p_value"] == pytest.approx(pvals[0], rel=1e-9)
+    expected_winner = None if pvals[0] >= 0.05 else ("resnet" if pairs[0][4] > 0 else "vit")
+    assert result["winner"] == expected_winner
+    assert result["verdict"] in proc.stdout and "accuracy" in proc.stdout
+    m = {n: read_json(out / n / "metrics.json") for n in ("resnet", "vit")}
+    assert m["resnet"]["seed"] == m["vit"]["seed"] == 42 and m["resnet"]["fingerprint"] == m["vit"]["fingerprint"]
+    # in parallel: the two evaluations overlapped in time
+    assert max(x["started_at"] for x in m.values()) < min(x["finished_at"] for x in m.values())
+    assert not list(tmp_path.glob(".out.staging-*"))
+
+
+def test_run_three_models_uses_cochran_and_holm(tmp_path, trained_models):
+    names = [("resnet", "timm/resnet10t"), ("vit", "timm/test_vit"), ("shufflenet", "torchvision/shufflenet_v2_x0_5")]
+    manifest = _manifest(tmp_path, trained_models, names, name="three")
+    proc = abtest_cli("run", manifest, "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out"
+    result = read_json(out / "result.json")
+    order = sorted(n for n, _ in names)  # the analysis orders models by folder name
+    correct, pairs, pvals, adjusted = independent(out, order)
+    by_pair = {(c["a"], c["b"]): c for c in result["comparisons"]}
+    for (a, b, n01, n10, diff), p, p_adj in zip(pairs, pvals, adjusted):
+        c = by_pair[(a, b)]
+        assert (c["n01"], c["n10"]) == (n01, n10)
+        assert c["p_value"] == pytest.approx(p, rel=1e-9) and c["p_value_adjusted"] == pytest.approx(p_adj, rel=1e-9)
+    q = cochrans_q(np.column_stack([correct[n] for n in order]).astype(int))
+    assert result["omnibus"]["statistic"] == pytest.approx(q.statistic) and result["omnibus"]["p_value"] == pytest.approx(max(q.pvalue, 1e-300))
+    winners = [n for n in order if all(
+        by_pair[tuple(sorted((n, o)))]["significant"] and (read_json(out / n / "metrics.json")["accuracy"] > read_json(out / o / "metrics.json")["accuracy"])
+        for o in order if o != n)]
+    assert result["winner"] == (winners[0] if winners else None)
+    assert "Cochran's Q" in proc.stdout and "Holm" in proc.stdout
+
+
+def test_run_rejects_an_invalid_manifest(tmp_path, trained_models):
+    manifest = _manifest(tmp_path, trained_models, [("same", "timm/resnet10t"), ("same", "timm/test_vit")])
+    proc = abtest_cli("run", manifest, "--out", tmp_path / "out")
+    assert proc.returncode == 2 and "spec.models: model names must be unique" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_failure_names_the_model_and_leaves_nothing(tmp_path, trained_models):
+    manifest = _manifest(tmp_path, trained_models, [("resnet", "timm/resnet10t"), ("vit", "timm/test_vit")])
+    doc = yaml.safe_load(manifest.read_text())
+    doc["spec"]["models"][1]["checkpoint"] = str(trained_models["timm/resnet10t"])  # wrong architecture
+    manifest.write_text(yaml.safe_dump(doc))
+    proc = abtest_cli("run", manifest, "--out", tmp_path / "out")
+    assert proc.returncode == 2 and "model vit failed" in proc.stderr and "does not fit timm/test_vit" in proc.stderr
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.staging-*"))
+
+
+def test_ctrl_c_stops_every_child_and_leaves_no_results(tmp_path, trained_models):
+    manifest = _manifest(tmp_path, trained_models, [("resnet", "timm/resnet10t"), ("vit", "timm/test_vit")])
+    doc = yaml.safe_load(manifest.read_text())
+    doc["spec"]["dataset"]["split"] = "train"
+    doc["spec"]["batchSize"] = 4
+    manifest.write_text(yaml.safe_dump(doc))
+    proc = subprocess.Popen([sys.executable, "-m", "abtest_operator.cli", "run", str(manifest), "--out", str(tmp_path / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(tmp_path.glob(".out.staging-*/*")):
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    time.sleep(0.5)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.staging-*"))
+    leftover = subprocess.run(["pgrep", "-f", f"--out {tmp_path}/.out.staging"], capture_output=True, text=True)
+    assert leftover.stdout.strip() == ""
+
+
+def test_examples_validate():
+    from abtest_operator.spec import load_manifest, parse_abtest
+
+    two = parse_abtest(load_manifest(ROOT / "examples" / "abtest-digits.yaml"))
+    three = parse_abtest(load_manifest(ROOT / "examples" / "abtest-digits-3way.yaml"))
+    assert len(two.models) == 2 and len(three.models) == 3 and two.alpha == 0.05

@@ -107,6 +107,58 @@ def cmd_run(args) -> int:
     return 0
 
 
+def add_render(sub) -> None:
+    p = sub.add_parser("render", help="print every Kubernetes object the operator would create for an ABTest (dry run)")
+    p.add_argument("file", help="ABTest YAML")
+    p.add_argument("--image", help="evaluator image (default: $ABTEST_EVALUATOR_IMAGE or the release image)")
+    p.add_argument("--namespace", help="namespace when the manifest has none (default: default)")
+    p.set_defaults(func=cmd_render)
+
+
+def cmd_render(args) -> int:
+    import dataclasses
+
+    import yaml
+
+    from abtest_operator.handlers import config_from_env
+    from abtest_operator.manifests import render_all
+    from abtest_operator.spec import load_manifest, parse_abtest
+
+    manifest = load_manifest(args.file)
+    if args.namespace:
+        manifest.setdefault("metadata", {}).setdefault("namespace", args.namespace)
+    cfg = config_from_env()
+    if args.image:
+        cfg = dataclasses.replace(cfg, image=args.image)
+    print(yaml.safe_dump_all(render_all(parse_abtest(manifest), cfg), sort_keys=False), end="")
+    return 0
+
+
+def add_operator(sub) -> None:
+    p = sub.add_parser("operator", help="run the kopf operator (in a cluster, or against your kubeconfig)")
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", default=[], help="watch this namespace (repeatable)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
+    p.add_argument("--metrics-port", type=int, default=8080, help="operator /metrics port (default 8080)")
+    p.add_argument("--health-port", type=int, default=8081, help="liveness endpoint /healthz port (default 8081)")
+    p.add_argument("--peering", help="kopf peering name for several replicas (default: standalone)")
+    p.set_defaults(func=cmd_operator)
+
+
+def cmd_operator(args) -> int:
+    import kopf
+
+    from abtest_operator import handlers  # registers the handlers
+    from abtest_operator.metrics import OperatorMetrics
+
+    metrics = OperatorMetrics()
+    metrics.serve(args.metrics_port)
+    memo = kopf.Memo(clients=handlers.Clients.connect(), config=handlers.config_from_env(), metrics=metrics)
+    kopf.run(clusterwide=not args.namespace, namespaces=args.namespace, standalone=not args.peering, peering_name=args.peering,
+             liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz", memo=memo)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="abtest", description="Statistically rigorous A/B tests of image classifiers.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
@@ -114,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate(sub)
     add_analyze(sub)
     add_run(sub)
+    add_render(sub)
+    add_operator(sub)
     return parser
 
 

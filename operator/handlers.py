@@ -1,0 +1,218 @@
+"""kopf handlers: thin. Parse, build, observe, derive, apply; everything else lives in pure modules.
+
+Clients, settings and metrics live in kopf's ``memo`` (set up by ``abtest operator`` or at startup).
+Every pass lists the ABTest's Jobs, derives the status from them and creates what is missing under
+deterministic names, so an operator killed at any moment resumes without duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import kopf
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from abtest_operator import manifests, status
+from abtest_operator.errors import UserError
+from abtest_operator.metrics import OperatorMetrics
+from abtest_operator.spec import KIND, ABTestSpec, parse_abtest
+
+GROUP, VERSION, PLURAL = "abtest.dev", "v1alpha1", "abtests"
+
+
+@dataclass
+class Clients:
+    batch: client.BatchV1Api
+    core: client.CoreV1Api
+    custom: client.CustomObjectsApi
+    rbac: client.RbacAuthorizationV1Api
+
+    @classmethod
+    def connect(cls) -> Clients:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        return cls(client.BatchV1Api(), client.CoreV1Api(), client.CustomObjectsApi(), client.RbacAuthorizationV1Api())
+
+
+def config_from_env() -> manifests.OperatorConfig:
+    defaults = manifests.OperatorConfig()
+    return manifests.OperatorConfig(
+        image=os.environ.get("ABTEST_EVALUATOR_IMAGE", defaults.image),
+        image_pull_policy=os.environ.get("ABTEST_IMAGE_PULL_POLICY", defaults.image_pull_policy),
+        metrics_port=int(os.environ.get("ABTEST_EVALUATOR_METRICS_PORT", defaults.metrics_port)),
+        results_claim=os.environ.get("ABTEST_RESULTS_CLAIM", defaults.results_claim),
+        pushgateway=os.environ.get("ABTEST_PUSHGATEWAY") or None,
+    )
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
+    # Without these timeouts a silently dropped watch connection freezes the operator forever.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    settings.execution.max_workers = int(os.environ.get("ABTEST_MAX_WORKERS", "8"))
+    # Progress and diff-base in annotations: nothing in status that the CRD schema would prune.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
+    settings.posting.level = logging.INFO
+    if "clients" not in memo:
+        memo.clients = Clients.connect()
+    if "config" not in memo:
+        memo.config = config_from_env()
+    if "metrics" not in memo:
+        memo.metrics = OperatorMetrics()
+
+
+def create_if_missing(create, namespace: str, body: dict) -> bool:
+    """True when created; "already exists" is success too (deterministic names make creates idempotent)."""
+    try:
+        create(namespace, body)
+        return True
+    except ApiException as err:
+        if err.status == 409:
+            return False
+        raise
+
+
+def observe(clients: Clients, spec: ABTestSpec, uid: str) -> tuple[dict[str, status.JobState], status.JobState]:
+    jobs = clients.batch.list_namespaced_job(spec.namespace, label_selector=f"{manifests.LABEL_NAME}={spec.name}").items
+    mine = {j.metadata.name: clients.batch.api_client.sanitize_for_serialization(j) for j in jobs
+            if any(ref.uid == uid for ref in j.metadata.owner_references or [])}
+
+    def state(name: str) -> status.JobState:
+        job = mine.get(name)
+        observed = status.job_state(job)
+        if observed.phase == "Failed":  # name the cause: the failed pod's termination message
+            observed = status.job_state(job, failure_message(clients, spec.namespace, name))
+        return observed
+
+    models = {m.name: state(manifests.model_job_name(spec, m.name)) for m in spec.models}
+    return models, state(manifests.analysis_job_name(spec))
+
+
+def failure_message(clients: Clients, namespace: str, job: str) -> str:
+    pods = clients.core.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items
+    for pod in sorted(pods, key=lambda p: p.metadata.creation_timestamp, reverse=True):
+        for cs in pod.status.container_statuses or []:
+            terminated = cs.state.terminated if cs.state else None
+            if terminated and terminated.exit_code:
+                text = (terminated.message or terminated.reason or f"exit code {terminated.exit_code}").strip()
+                return text.splitlines()[-1].removeprefix("error: ")[:500]
+    return ""
+
+
+def operator_checks(spec: ABTestSpec) -> None:
+    """What the schema cannot know: where files live inside the pods."""
+    for i, m in enumerate(spec.models):
+        if m.checkpoint and not m.checkpoint.startswith("/") and not spec.raw.get("modelsVolume"):
+            raise UserError(f"spec.models[{i}].checkpoint {m.checkpoint!r} is relative but spec.modelsVolume is not set; mount a volume with the checkpoints or use an absolute path")
+
+
+def apply_wanted(clients: Clients, cfg: manifests.OperatorConfig, spec: ABTestSpec, uid: str, phase: str) -> list[str]:
+    make_models, make_analysis = status.wanted_objects(spec, phase)
+    created = []
+    if make_models:
+        claim = manifests.build_results_claim(spec, cfg)
+        if claim:
+            create_if_missing(clients.core.create_namespaced_persistent_volume_claim, spec.namespace, claim)
+        for job in manifests.model_jobs(spec, cfg, uid):
+            if create_if_missing(clients.batch.create_namespaced_job, spec.namespace, job):
+                created.append(job["metadata"]["name"])
+    if make_analysis:
+        sa, role, binding = manifests.build_analysis_rbac(spec, uid)
+        create_if_missing(clients.core.create_namespaced_service_account, spec.namespace, sa)
+        create_if_missing(clients.rbac.create_namespaced_role, spec.namespace, role)
+        create_if_missing(clients.rbac.create_namespaced_role_binding, spec.namespace, binding)
+        job = manifests.build_analysis_job(spec, cfg, uid)
+        if create_if_missing(clients.batch.create_namespaced_job, spec.namespace, job):
+            created.append(job["metadata"]["name"])
+    return created
+
+
+def patch_status(clients: Clients, namespace: str, name: str, new: dict) -> None:
+    clients.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": new})
+
+
+def announce(body: dict, old: dict, new: dict, created: list[str]) -> None:
+    """Kubernetes Events at each transition."""
+    if created:
+        kopf.info(body, reason="JobsCreated", message=f"created {', '.join(created)}")
+    if old.get("phase") != new["phase"]:
+        if new["phase"] == status.FAILED:
+            kopf.warn(body, reason="Failed", message=new["reason"])
+        elif new["phase"] == status.SUCCEEDED:
+            kopf.info(body, reason="Succeeded", message=((old.get("result") or {}).get("verdict") or "analysis complete"))
+        else:
+            kopf.info(body, reason=new["phase"], message=f"phase {old.get('phase') or 'none'} -> {new['phase']}")
+
+
+def reconcile(memo: kopf.Memo, abtest: dict) -> dict:
+    """One pass: observe the Jobs, derive the status, create what is missing, write the status."""
+    clients, cfg, metrics = memo.clients, memo.config, memo.metrics
+    meta = abtest["metadata"]
+    old = abtest.get("status") or {}
+    metrics.reconciles.labels(meta["namespace"]).inc()
+    try:
+        spec = parse_abtest(abtest)
+        operator_checks(spec)
+    except UserError as err:
+        failed = {"phase": status.FAILED, "reason": str(err), "observedGeneration": meta.get("generation", 1)}
+        if old.get("reason") != failed["reason"]:
+            patch_status(clients, meta["namespace"], meta["name"], failed)
+            kopf.warn(abtest, reason="InvalidSpec", message=str(err))
+        metrics.observe(meta["namespace"], meta["name"], failed)
+        raise kopf.PermanentError(str(err)) from None
+    models, analysis = observe(clients, spec, meta["uid"])
+    new = status.derive_status(spec, meta.get("generation", 1), models, analysis, previous=old)
+    created = apply_wanted(clients, cfg, spec, meta["uid"], new["phase"])
+    if any(new.get(k) != old.get(k) for k in new):
+        patch_status(clients, spec.namespace, spec.name, new)
+    announce(abtest, old, new, created)
+    metrics.observe(spec.namespace, spec.name, {**old, **new})
+    return new
+
+
+def _guarded(memo: kopf.Memo, abtest: dict) -> None:
+    try:
+        reconcile(memo, abtest)
+    except kopf.PermanentError:
+        raise
+    except Exception:
+        memo.metrics.reconcile_errors.labels(abtest["metadata"]["namespace"]).inc()
+        raise
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+def abtest_created(body: kopf.Body, memo: kopf.Memo, **_) -> None:
+    _guarded(memo, dict(body))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={manifests.LABEL_NAME: kopf.PRESENT})
+def job_changed(body: kopf.Body, namespace: str, memo: kopf.Memo, **_) -> None:
+    owner = next((ref for ref in body.metadata.get("ownerReferences", []) if ref.get("kind") == KIND), None)
+    if owner is None:
+        return
+    try:
+        abtest = memo.clients.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, owner["name"])
+    except ApiException as err:
+        if err.status == 404:  # the ABTest is gone; garbage collection takes its Jobs
+            return
+        raise
+    if abtest["metadata"]["uid"] != owner["uid"]:
+        return
+    try:
+        _guarded(memo, abtest)
+    except kopf.PermanentError:
+        pass  # already marked Failed with its reason
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+def abtest_deleted(namespace: str, name: str, memo: kopf.Memo, **_) -> None:
+    memo.metrics.forget(namespace, name)

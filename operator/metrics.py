@@ -1,0 +1,62 @@
+"""The operator's own Prometheus metrics: the durable source of results after the Jobs are gone.
+
+Gauges are recomputed from each ABTest's status on every reconcile, so a restarted operator
+re-exports every finished test as soon as it has listed them.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+PHASES = ("Pending", "Running", "Analyzing", "Succeeded", "Failed")
+
+
+class OperatorMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.by_phase = Gauge("abtest_abtests", "ABTests by phase.", ["phase"], registry=r)
+        self.reconcile_errors = Counter("abtest_reconcile_errors", "Reconcile passes that raised.", ["namespace"], registry=r)
+        self.reconciles = Counter("abtest_reconciles", "Reconcile passes.", ["namespace"], registry=r)
+        self.accuracy = Gauge("abtest_result_accuracy", "Top-1 accuracy of each model of a finished ABTest.", ["abtest", "namespace", "model"], registry=r)
+        self.p_value = Gauge("abtest_result_p_value", "McNemar p-value (Holm-adjusted for 3+ models) of each pair.", ["abtest", "namespace", "a", "b"], registry=r)
+        self.significant = Gauge("abtest_result_significant", "1 when the pair differs significantly.", ["abtest", "namespace", "a", "b"], registry=r)
+        self.winner = Gauge("abtest_result_winner", "1 for the winning model of a finished ABTest (none: no winner).", ["abtest", "namespace", "model"], registry=r)
+        self.phase_info = Gauge("abtest_phase", "1 for the current phase of each ABTest.", ["abtest", "namespace", "phase"], registry=r)
+        self._phases: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+        for phase in PHASES:
+            self.by_phase.labels(phase).set(0)
+
+    def observe(self, namespace: str, name: str, status: dict) -> None:
+        key = (namespace, name)
+        with self._lock:
+            self._phases[key] = status.get("phase", "Pending")
+            self._refresh_phases()
+            for phase in PHASES:
+                self.phase_info.labels(name, namespace, phase).set(1 if self._phases[key] == phase else 0)
+        result = status.get("result") or {}
+        for model, values in (result.get("models") or {}).items():
+            self.accuracy.labels(name, namespace, model).set(values["accuracy"])
+        for c in result.get("comparisons") or []:
+            self.p_value.labels(name, namespace, c["a"], c["b"]).set(c["pValueAdjusted"])
+            self.significant.labels(name, namespace, c["a"], c["b"]).set(1 if c["significant"] else 0)
+        if result.get("winner"):
+            self.winner.labels(name, namespace, result["winner"]).set(1)
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._phases.pop((namespace, name), None)
+            self._refresh_phases()
+        for gauge in (self.accuracy, self.p_value, self.significant, self.winner, self.phase_info):
+            for labels in [k for k in gauge._metrics if k[0] == name and k[1] == namespace]:  # noqa: SLF001 (prometheus-client has no public prefix removal)
+                gauge.remove(*labels)
+
+    def _refresh_phases(self) -> None:
+        for phase in PHASES:
+            self.by_phase.labels(phase).set(sum(1 for p in self._phases.values() if p == phase))
+
+    def serve(self, port: int) -> None:
+        start_http_server(port, registry=self.registry)

@@ -1,0 +1,110 @@
+"""Status derived from the observed Jobs on every pass: phase, conditions, per-model entries, reason.
+
+Pure: observed objects in, status out. Nothing is remembered between passes except what the status
+itself carries (condition transition times, the analysis's result).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from abtest_operator import manifests
+from abtest_operator.spec import ABTestSpec
+
+PENDING, RUNNING, ANALYZING, SUCCEEDED, FAILED = "Pending", "Running", "Analyzing", "Succeeded", "Failed"
+
+
+@dataclass(frozen=True)
+class JobState:
+    phase: str  # Missing | Pending | Running | Succeeded | Failed
+    reason: str = ""
+    message: str = ""
+    start: str | None = None
+    completion: str | None = None
+
+
+def job_state(job: dict | None, pod_message: str = "") -> JobState:
+    """What one observed Job says: its terminal conditions first, then active pods."""
+    if job is None:
+        return JobState("Missing")
+    status = job.get("status") or {}
+    conditions = {c["type"]: c for c in status.get("conditions") or [] if c.get("status") == "True"}
+    start, completion = status.get("startTime"), status.get("completionTime")
+    for kind in ("Failed", "FailureTarget"):
+        if kind in conditions:
+            c = conditions[kind]
+            return JobState("Failed", c.get("reason", ""), pod_message or c.get("message", ""), start, c.get("lastTransitionTime"))
+    for kind in ("Complete", "SuccessCriteriaMet"):
+        if kind in conditions:
+            return JobState("Succeeded", start=start, completion=completion or conditions[kind].get("lastTransitionTime"))
+    if status.get("active") or status.get("ready"):
+        return JobState("Running", start=start)
+    return JobState("Pending", start=start)
+
+
+def _condition(type_: str, ok: bool | None, reason: str, message: str, previous: dict, now: str, generation: int) -> dict:
+    status = "Unknown" if ok is None else str(ok)
+    old = previous.get(type_)
+    changed = old is None or old.get("status") != status
+    return {"type": type_, "status": status, "reason": reason, "message": message, "observedGeneration": generation,
+            "lastTransitionTime": now if changed else old.get("lastTransitionTime", now)}
+
+
+def derive_status(spec: ABTestSpec, generation: int, model_jobs: dict[str, JobState], analysis: JobState,
+                  previous: dict | None = None, now: datetime | None = None) -> dict:
+    """The whole status (but ``result``, which the analysis Job writes) from observed Job states."""
+    previous = previous or {}
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    failed = [(name, s) for name, s in model_jobs.items() if s.phase == "Failed"]
+    done = all(s.phase == "Succeeded" for s in model_jobs.values())
+    reason = ""
+    if failed:
+        name, s = failed[0]
+        phase, reason = FAILED, f"model {name} failed: " + ": ".join(x for x in (s.reason, s.message) if x)
+    elif analysis.phase == "Failed":
+        phase, reason = FAILED, "analysis failed: " + ": ".join(x for x in (analysis.reason, analysis.message) if x)
+    elif analysis.phase == "Succeeded":
+        phase = SUCCEEDED
+    elif done:
+        phase = ANALYZING
+    elif any(s.phase in ("Running", "Succeeded") for s in model_jobs.values()):
+        phase = RUNNING
+    else:
+        phase = PENDING
+
+    old = {c["type"]: c for c in previous.get("conditions") or []}
+    n_done = sum(s.phase == "Succeeded" for s in model_jobs.values())
+    conditions = [
+        _condition("ModelsComplete", True if done else (False if failed else None), "AllModelsSucceeded" if done else ("ModelFailed" if failed else "Evaluating"),
+                   f"{n_done}/{len(model_jobs)} model Jobs succeeded", old, stamp, generation),
+        _condition("Analyzed", analysis.phase == "Succeeded" if analysis.phase in ("Succeeded", "Failed") else None,
+                   {"Succeeded": "AnalysisSucceeded", "Failed": "AnalysisFailed"}.get(analysis.phase, "Waiting"),
+                   {"Succeeded": "verdict written to status.result", "Failed": analysis.message}.get(analysis.phase, "waiting for the model Jobs"), old, stamp, generation),
+        _condition("Ready", phase == SUCCEEDED, phase, "the A/B test has a verdict" if phase == SUCCEEDED else f"phase {phase}", old, stamp, generation),
+        _condition("Failed", phase == FAILED, "Failed" if phase == FAILED else "NoFailure", reason, old, stamp, generation),
+    ]
+    results = ((previous.get("result") or {}).get("models")) or {}
+    models = []
+    for m in spec.models:
+        s = model_jobs[m.name]
+        entry = {"name": m.name, "architecture": m.architecture, "job": manifests.model_job_name(spec, m.name), "phase": s.phase}
+        if s.start:
+            entry["startTime"] = s.start
+        if s.completion:
+            entry["completionTime"] = s.completion
+        entry.update(results.get(m.name) or {})
+        models.append(entry)
+    starts = [s.start for s in model_jobs.values() if s.start]
+    status = {"phase": phase, "reason": reason, "observedGeneration": generation, "modelCount": len(spec.models),
+              "resultsPath": manifests.results_dir(spec), "conditions": conditions, "models": models}
+    if starts:
+        status["startTime"] = previous.get("startTime") or min(starts)
+    if phase in (SUCCEEDED, FAILED):
+        status["completionTime"] = previous.get("completionTime") or stamp
+    return status
+
+
+def wanted_objects(spec: ABTestSpec, phase: str) -> tuple[bool, bool]:
+    """(create model Jobs?, create the analysis?) for a derived phase."""
+    return phase in (PENDING, RUNNING), phase == ANALYZING

@@ -1,0 +1,270 @@
+"""Control-plane units without a cluster: manifests (golden), typed models, security, status derivation, schema."""
+
+import copy
+import os
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+import pytest
+import yaml
+from kubernetes import client
+
+from abtest_crds import load_crd
+from abtest_operator import manifests, status
+from abtest_operator.errors import UserError
+from abtest_operator.spec import load_manifest, parse_abtest, validate_manifest
+from conftest import ROOT
+
+GOLDEN = ROOT / "tests" / "golden"
+CFG = manifests.OperatorConfig(image="registry.example/abtest/evaluator:test")
+UID = "11111111-2222-3333-4444-555555555555"
+
+
+def example(name="abtest-digits.yaml", namespace="team-a") -> dict:
+    manifest = load_manifest(ROOT / "examples" / name)
+    manifest["metadata"]["namespace"] = namespace
+    return manifest
+
+
+@pytest.mark.parametrize("name", ["abtest-digits.yaml", "abtest-digits-3way.yaml"])
+def test_rendered_objects_match_golden_yaml(name):
+    rendered = yaml.safe_dump_all(manifests.render_all(parse_abtest(example(name)), CFG, UID), sort_keys=False)
+    golden = GOLDEN / name.replace(".yaml", ".rendered.yaml")
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(rendered)
+    assert rendered == golden.read_text(), f"rendering changed; review and run UPDATE_GOLDEN=1 pytest {__file__}"
+
+
+def test_rendered_objects_parse_as_kubernetes_models_without_loss():
+    api = client.ApiClient()
+    for obj in manifests.render_all(parse_abtest(example()), CFG, UID):
+        model = getattr(client, "V1" + obj["kind"]).from_dict(obj)
+        assert api.sanitize_for_serialization(model) == obj, f"{obj['kind']} has fields the API does not know"
+
+
+def _pod_specs(objs):
+    return [o["spec"]["template"]["spec"] for o in objs if o["kind"] == "Job"]
+
+
+def test_every_pod_is_restricted():
+    objs = manifests.render_all(parse_abtest(example()), CFG, UID)
+    for pod in _pod_specs(objs):
+        assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+            assert sc["readOnlyRootFilesystem"] and sc["runAsNonRoot"] and sc["runAsUser"] != 0
+            assert {"/tmp", "/results"} <= {m["mountPath"] for m in c["volumeMounts"]}
+        assert not any("hostPath" in v for v in pod["volumes"])
+
+
+def test_model_jobs_share_everything_but_the_model():
+    spec = parse_abtest(example("abtest-digits-3way.yaml"))
+    jobs = manifests.model_jobs(spec, CFG, UID)
+    assert [j["metadata"]["name"] for j in jobs] == ["digits-3way-resnet", "digits-3way-vit", "digits-3way-shufflenet"]
+
+    def shared(job):
+        c = job["spec"]["template"]["spec"]["containers"][0]
+        args = c["args"]
+        flags = dict(zip(args[1::2], args[2::2]))
+        return c["image"], flags["--seed"], flags["--dataset"], flags["--split"], flags["--batch-size"], c["resources"]
+
+    assert len({repr(shared(j)) for j in jobs}) == 1
+    for job in jobs:
+        c = job["spec"]["template"]["spec"]["containers"][0]
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert job["metadata"]["ownerReferences"][0]["uid"] == UID
+        assert job["metadata"]["labels"][manifests.LABEL_NAME] == "digits-3way"
+        assert job["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+        assert c["args"][c["args"].index("--checkpoint") + 1].startswith("/models/checkpoints/")
+
+
+def test_cpu_device_requests_no_gpu_and_parity_fields_apply_to_all():
+    manifest = example()
+    manifest["spec"].update(device="cpu", nodeSelector={"pool": "a100"}, tolerations=[{"key": "gpu", "operator": "Exists"}],
+                            queueName="team-queue", activeDeadlineSeconds=600, resources={"limits": {"cpu": 2, "memory": "4Gi"}})
+    jobs = manifests.model_jobs(parse_abtest(manifest), CFG, UID)
+    for job in jobs:
+        pod = job["spec"]["template"]["spec"]
+        assert "nvidia.com/gpu" not in pod["containers"][0]["resources"].get("limits", {})
+        assert pod["containers"][0]["resources"]["limits"]["cpu"] == "2"
+        assert pod["nodeSelector"] == {"pool": "a100"} and pod["tolerations"][0]["key"] == "gpu"
+        assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-queue"
+        assert job["spec"]["activeDeadlineSeconds"] == 600
+
+
+def test_long_names_stay_valid_and_deterministic():
+    name = manifests.object_name("a" * 50, "model-with-a-long-name")
+    assert len(name) <= 63 and name == manifests.object_name("a" * 50, "model-with-a-long-name")
+    assert name != manifests.object_name("a" * 50, "model-with-a-long-namf")
+
+
+def test_analysis_rbac_is_scoped_to_one_abtest_status():
+    spec = parse_abtest(example())
+    sa, role, binding = manifests.build_analysis_rbac(spec, UID)
+    assert role["rules"] == [{"apiGroups": ["abtest.dev"], "resources": ["abtests/status"], "resourceNames": [spec.name], "verbs": ["get", "patch"]}]
+    job = manifests.build_analysis_job(spec, CFG, UID)
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"] == binding["subjects"][0]["name"]
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["analyze", "/results/team-a/digits-resnet-vs-vit"]
+    assert "--abtest" in job["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_results_claim_is_shared_and_not_owned():
+    spec = parse_abtest(example())
+    claim = manifests.build_results_claim(spec, CFG)
+    assert claim["metadata"]["name"] == "abtest-results" and "ownerReferences" not in claim  # results outlive the ABTest
+    manifest = example()
+    manifest["spec"]["results"] = {"claimName": "mine"}
+    assert manifests.build_results_claim(parse_abtest(manifest), CFG) is None
+
+
+def test_render_cli_prints_the_jobs():
+    proc = subprocess.run([sys.executable, "-m", "abtest_operator.cli", "render", str(ROOT / "examples" / "abtest-digits.yaml")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    kinds = [d["kind"] for d in yaml.safe_load_all(proc.stdout)]
+    assert kinds == ["PersistentVolumeClaim", "Job", "Job", "ServiceAccount", "Role", "RoleBinding", "Job"]
+
+
+# --- status derivation: observed Job states -> phase and conditions ---------------------------
+
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def job(state: str, reason="", message="") -> status.JobState:
+    return status.JobState(state, reason, message, start="2026-01-01T00:00:00Z" if state != "Missing" else None)
+
+
+@pytest.mark.parametrize("a, b, analysis, phase, reason", [
+    ("Missing", "Missing", "Missing", "Pending", ""),
+    ("Pending", "Missing", "Missing", "Pending", ""),
+    ("Running", "Pending", "Missing", "Running", ""),
+    ("Succeeded", "Running", "Missing", "Running", ""),
+    ("Succeeded", "Succeeded", "Missing", "Analyzing", ""),
+    ("Succeeded", "Succeeded", "Running", "Analyzing", ""),
+    ("Succeeded", "Succeeded", "Succeeded", "Succeeded", ""),
+    ("Failed", "Running", "Missing", "Failed", "model resnet failed: BackoffLimitExceeded: checkpoint broken"),
+    ("Succeeded", "Succeeded", "Failed", "Failed", "analysis failed: BackoffLimitExceeded: checkpoint broken"),
+])
+def test_status_table(a, b, analysis, phase, reason):
+    spec = parse_abtest(example())
+    states = {"resnet": job(a, "BackoffLimitExceeded", "checkpoint broken"), "vit": job(b)}
+    st = status.derive_status(spec, 1, states, job(analysis, "BackoffLimitExceeded", "checkpoint broken"), now=NOW)
+    assert st["phase"] == phase and st["reason"] == reason
+    conds = {c["type"]: c for c in st["conditions"]}
+    assert conds["Ready"]["status"] == str(phase == "Succeeded")
+    assert conds["Failed"]["status"] == str(phase == "Failed")
+    assert conds["ModelsComplete"]["status"] == ("True" if phase in ("Analyzing", "Succeeded") or (phase == "Failed" and a == "Succeeded")
+                                                  else "False" if a == "Failed" else "Unknown")
+    assert [m["phase"] for m in st["models"]] == [a, b]
+    assert ("completionTime" in st) == (phase in ("Succeeded", "Failed"))
+    make_models, make_analysis = status.wanted_objects(spec, phase)
+    assert make_models == (phase in ("Pending", "Running")) and make_analysis == (phase == "Analyzing")
+
+
+def test_condition_times_only_move_on_transitions():
+    spec = parse_abtest(example())
+    first = status.derive_status(spec, 1, {"resnet": job("Running"), "vit": job("Running")}, job("Missing"), now=NOW)
+    later = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    again = status.derive_status(spec, 1, {"resnet": job("Running"), "vit": job("Succeeded")}, job("Missing"), previous=first, now=later)
+    ready = {c["type"]: c for c in again["conditions"]}["Ready"]
+    assert ready["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+    done = status.derive_status(spec, 1, {"resnet": job("Succeeded"), "vit": job("Succeeded")}, job("Succeeded"), previous=again, now=later)
+    assert {c["type"]: c for c in done["conditions"]}["Ready"]["lastTransitionTime"] == "2026-01-02T00:00:00Z"
+
+
+def test_results_from_the_analysis_flow_into_models():
+    spec = parse_abtest(example())
+    previous = {"result": {"models": {"resnet": {"accuracy": 0.98, "throughput": 1000.0}}}}
+    st = status.derive_status(spec, 1, {"resnet": job("Succeeded"), "vit": job("Succeeded")}, job("Succeeded"), previous=previous, now=NOW)
+    assert st["models"][0]["accuracy"] == 0.98 and "accuracy" not in st["models"][1]
+
+
+def test_job_state_reads_job_conditions():
+    assert status.job_state(None).phase == "Missing"
+    assert status.job_state({"status": {}}).phase == "Pending"
+    assert status.job_state({"status": {"active": 1, "startTime": "t"}}).phase == "Running"
+    done = status.job_state({"status": {"conditions": [{"type": "Complete", "status": "True"}], "completionTime": "t2"}})
+    assert done.phase == "Succeeded" and done.completion == "t2"
+    failed = status.job_state({"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "too long"}]}})
+    assert (failed.phase, failed.reason, failed.message) == ("Failed", "DeadlineExceeded", "too long")
+
+
+# --- the CRD schema: valid and invalid manifests (locally; the API server test is e2e) ---------
+
+
+def test_crd_basics():
+    crd = load_crd()
+    assert crd["spec"]["group"] == "abtest.dev" and crd["spec"]["names"]["shortNames"] == ["abt"]
+    version = crd["spec"]["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    assert [c["name"] for c in version["additionalPrinterColumns"] if "priority" not in c] == ["Phase", "Winner", "P-Value", "Age"]
+
+
+def _described(node, path="spec"):
+    """Every property of the spec has a description, so `kubectl explain` teaches the API."""
+    missing = []
+    for key, sub in (node.get("properties") or {}).items():
+        if not sub.get("description"):
+            missing.append(f"{path}.{key}")
+        missing += _described(sub, f"{path}.{key}")
+    if "items" in node:
+        missing += _described(node["items"], f"{path}[]")
+    return missing
+
+
+def test_every_spec_field_is_described_and_bounded():
+    spec = load_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert _described(spec) == []
+
+    def unbounded(node, path="spec"):
+        out = []
+        if node.get("type") == "string" and "enum" not in node and "maxLength" not in node:
+            out.append(path)
+        if node.get("type") == "array" and "maxItems" not in node:
+            out.append(path)
+        for key, sub in (node.get("properties") or {}).items():
+            out += unbounded(sub, f"{path}.{key}")
+        return out
+
+    assert unbounded(spec) == []
+
+
+INVALID = {
+    "no models": (lambda s: s.pop("models"), "models"),
+    "one model": (lambda s: s.update(models=s["models"][:1]), "spec.models"),
+    "17 models": (lambda s: s.update(models=[dict(s["models"][0], name=f"m{i}") for i in range(17)]), "spec.models"),
+    "duplicate names": (lambda s: s["models"][1].update(name=s["models"][0]["name"]), "model names must be unique"),
+    "bad model name": (lambda s: s["models"][0].update(name="Bad_Name"), "spec.models[0].name"),
+    "alpha 1.5": (lambda s: s.update(analysis={"alpha": 1.5}), "spec.analysis.alpha"),
+    "alpha 0": (lambda s: s.update(analysis={"alpha": 0}), "spec.analysis.alpha"),
+    "negative batch": (lambda s: s.update(batchSize=-1), "spec.batchSize"),
+    "pretrained and checkpoint": (lambda s: s["models"][0].update(pretrained=True), "either pretrained or checkpoint"),
+    "unknown device": (lambda s: s.update(device="tpu"), "spec.device"),
+    "unknown dataset": (lambda s: s["dataset"].update(name="imagenet22k"), "spec.dataset.name"),
+    "path missing": (lambda s: s["dataset"].update(name="cifar10"), "spec.dataset.path is required"),
+    "architecture": (lambda s: s["models"][0].update(architecture="resnet18"), "spec.models[0].architecture"),
+    "unknown field": (lambda s: s.update(batchsize=3), "batchsize"),
+    "gpus on cpu": (lambda s: s.update(device="cpu", gpusPerModel=1), "gpusPerModel must be 0"),
+    "mean/std": (lambda s: s["models"][0].update(mean=[0.5], std=[0.5, 0.5]), "mean and std"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INVALID))
+def test_invalid_manifests_name_the_field(case):
+    manifest = example()
+    mutate, field = INVALID[case]
+    mutate(manifest["spec"])
+    with pytest.raises(UserError) as err:
+        validate_manifest(manifest)
+    assert field in str(err.value) and "\n" not in str(err.value)
+
+
+def test_defaults_are_applied():
+    manifest = example()
+    for key in ("seed", "batchSize", "analysis"):
+        manifest["spec"].pop(key, None)
+    spec = validate_manifest(manifest)["spec"]
+    assert (spec["seed"], spec["batchSize"], spec["analysis"]["alpha"], spec["analysis"]["test"], spec["dataset"]["split"]) == (42, 64, 0.05, "auto", "test")
+    assert copy.deepcopy(spec) == validate_manifest({**manifest, "spec": spec})["spec"]  # idempotent

@@ -34,6 +34,7 @@ class EvalConfig:
     std: tuple[float, ...] | None = None
     crop_pct: float | None = None
     metrics_port: int | None = None
+    metrics_addr: str = "0.0.0.0"
     pushgateway: str | None = None
     abtest: str = ""
     namespace: str = ""

@@ -113,7 +113,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     )
     runner = Runner(loaded.module, device, amp_dtype, cfg.channels_last, cfg.compile)
     telemetry = EvalTelemetry(cfg.abtest, cfg.namespace, cfg.model_label, len(ds))
-    server = telemetry.serve(cfg.metrics_port) if cfg.metrics_port is not None else None
+    server = telemetry.serve(cfg.metrics_port, cfg.metrics_addr) if cfg.metrics_port is not None else None
 
     n, k = len(ds), min(5, num_classes)
     topk = np.empty((n, k), dtype=np.int64)

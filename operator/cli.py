@@ -45,6 +45,7 @@ def add_evaluate(sub) -> None:
     p.add_argument("--std", type=_floats, help="normalisation std, comma-separated")
     p.add_argument("--crop-pct", type=float, help="centre-crop fraction (1.0: no crop)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port while running")
+    p.add_argument("--metrics-addr", default="0.0.0.0", help="address for /metrics (in a pod: its IP, from the downward API)")
     p.add_argument("--pushgateway", help="push final metrics to this Pushgateway URL")
     p.add_argument("--abtest", default="", help="ABTest name (metric label)")
     p.add_argument("--namespace", default="", help="ABTest namespace (metric label)")

@@ -140,7 +140,8 @@ def build_model_job(spec: ABTestSpec, run: plan.ModelRun, cfg: OperatorConfig, u
     container = {
         "name": CONTAINER, "image": raw.get("image") or cfg.image, "imagePullPolicy": cfg.image_pull_policy,
         "command": ["abtest"], "args": list(run.argv),
-        "env": _env(cfg), "ports": [{"name": "metrics", "containerPort": cfg.metrics_port}],
+        "env": [*_env(cfg), {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+        "ports": [{"name": "metrics", "containerPort": cfg.metrics_port}],
         "resources": model_resources(spec), "securityContext": container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError", "volumeMounts": mounts,
     }
@@ -200,7 +201,7 @@ def build_results_claim(spec: ABTestSpec, cfg: OperatorConfig) -> dict | None:
 
 
 def model_runs(spec: ABTestSpec, cfg: OperatorConfig) -> list[plan.ModelRun]:
-    extra = ("--metrics-port", str(cfg.metrics_port), "--progress", "none", *(("--pushgateway", cfg.pushgateway) if cfg.pushgateway else ()))
+    extra = ("--metrics-port", str(cfg.metrics_port), "--metrics-addr", "$(POD_IP)", "--progress", "none", *(("--pushgateway", cfg.pushgateway) if cfg.pushgateway else ()))
     return plan.plan_models(spec, results_dir(spec), models_dir=MODELS_MOUNT, extra=extra)
 
 

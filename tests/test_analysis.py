@@ -19,7 +19,7 @@ from statsmodels.stats.multitest import multipletests
 from abtest_evaluator import results
 from abtest_evaluator.analysis import analyze, run_analysis
 from abtest_operator.errors import UserError
-from conftest import ROOT, abtest_cli, read_json
+from helpers import ROOT, abtest_cli, read_json
 
 
 def independent(root: Path, names: list[str], alpha=0.05):

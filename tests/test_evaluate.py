@@ -12,7 +12,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from abtest_evaluator import results
-from conftest import INPUT_FLAGS, abtest_cli, read_json
+from helpers import INPUT_FLAGS, abtest_cli, read_json
 
 
 def test_predictions_follow_the_digits_contract(evaluated):

@@ -14,7 +14,7 @@ from abtest_crds import load_crd
 from abtest_operator import manifests, status
 from abtest_operator.errors import UserError
 from abtest_operator.spec import load_manifest, parse_abtest, validate_manifest
-from conftest import ROOT
+from helpers import ROOT
 
 GOLDEN = ROOT / "tests" / "golden"
 CFG = manifests.OperatorConfig(image="registry.example/abtest/evaluator:test")

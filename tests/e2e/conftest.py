@@ -1,0 +1,171 @@
+"""E2E fixtures: a real control plane, the test node agent, the operator as it runs in a cluster.
+
+The operator runs as a separate process authenticated with a ServiceAccount token and the Helm
+chart's RBAC (not admin). Every test namespace enforces Pod Security "restricted".
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client, config
+
+from cluster.controlplane import ControlPlane, build_binaries, free_port, kubeconfig
+from cluster.node_agent import NodeAgent
+from helpers import CACHE, ROOT
+
+pytestmark = pytest.mark.e2e
+IMAGE = "localhost/abtest/evaluator:e2e"
+RELEASE_NS = "abtest-system"
+EXAMPLE_CHECKPOINTS = {"timm/resnet10t": "resnet10t-digits.pth", "timm/test_vit": "test_vit-digits.safetensors",
+                       "torchvision/shufflenet_v2_x0_5": "shufflenet_v2_x0_5-digits.pth"}
+
+
+@pytest.fixture(scope="session")
+def binaries() -> Path:
+    return build_binaries()
+
+
+@pytest.fixture(scope="session")
+def cluster(binaries):
+    # Outside /tmp: pods get their own /tmp, and their volumes must stay reachable.
+    root = Path(os.environ.get("ABTEST_E2E_DIR", CACHE / "e2e")) / f"run-{os.getpid()}"
+    root.mkdir(parents=True, exist_ok=True)
+    cp = ControlPlane(root, binaries)
+    try:
+        cp.start()
+        cp.kubectl("apply", "-f", str(ROOT / "crds" / "abtest.yaml"))
+        cp.kubectl("wait", "--for=condition=Established", "crd/abtests.abtest.dev", "--timeout=60s")
+        api = config.new_client_from_config(str(cp.admin_kubeconfig))
+        agent = NodeAgent(api, root / "node", cp.port, cp.ca, Path(sys.executable).parent).start()
+        cp.api = api
+        cp.agent = agent
+        yield cp
+        agent.stop()
+    finally:
+        cp.stop()
+        if os.environ.get("ABTEST_E2E_KEEP") is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def helm_template(binaries: Path, *sets: str) -> list[dict]:
+    out = subprocess.run([str(binaries / "helm"), "template", "abtest", str(ROOT / "charts" / "abtest-operator"), "--namespace", RELEASE_NS, "--kube-version", "1.37.2",
+                          *itertools.chain.from_iterable(("--set", s) for s in sets)], capture_output=True, text=True, check=True)
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+class Operator:
+    """`abtest operator` as a process with the chart's ServiceAccount and RBAC."""
+
+    def __init__(self, cluster: ControlPlane, kubeconfig_path: Path, log_dir: Path):
+        self.cluster, self.kubeconfig, self.log_dir = cluster, kubeconfig_path, log_dir
+        self.metrics_port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log = open(self.log_dir / f"operator-{self.starts}.log", "w")
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "ABTEST_EVALUATOR_IMAGE": IMAGE, "ABTEST_MAX_WORKERS": "4"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "abtest_operator.cli", "operator", "--metrics-port", str(self.metrics_port),
+                                      "--health-port", str(free_port())], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        ControlPlane.wait_for(self._healthy, 60, "the operator's /metrics")
+
+    def _healthy(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"operator exited {self.proc.returncode}:\n{self.log()}")
+        try:
+            return "abtest_abtests" in self.metrics()
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as resp:
+            return resp.read().decode()
+
+    def kill(self, sig=signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=30)
+
+    def log(self) -> str:
+        return (self.log_dir / f"operator-{self.starts}.log").read_text(errors="replace")[-6000:]
+
+
+@pytest.fixture(scope="session")
+def operator(cluster, binaries):
+    """Installs the chart's ServiceAccount and RBAC, then runs the operator with that identity's token."""
+    cluster.kubectl("create", "namespace", RELEASE_NS)
+    docs = helm_template(binaries, "crds.enabled=false")
+    rbac = [d for d in docs if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")]
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(rbac))
+    sa = next(d for d in rbac if d["kind"] == "ServiceAccount")["metadata"]["name"]
+    token = cluster.kubectl("create", "token", sa, "-n", RELEASE_NS, "--duration=4h").stdout.strip()
+    path = cluster.root / "operator.kubeconfig"
+    path.write_text(yaml.safe_dump(kubeconfig(cluster.server, cluster.ca, token, user=f"system:serviceaccount:{RELEASE_NS}:{sa}")))
+    op = Operator(cluster, path, cluster.root)
+    op.sa = sa
+    op.start()
+    yield op
+    op.kill(signal.SIGTERM)
+
+
+@pytest.fixture(scope="session")
+def models_dir(cluster, trained_models) -> Path:
+    """The examples' checkpoints/ folder, with the tests' tiny trained models, for the models volume."""
+    folder = cluster.root / "models" / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    for arch, name in EXAMPLE_CHECKPOINTS.items():
+        shutil.copy(trained_models[arch], folder / name)
+    return folder.parent
+
+
+_ns_counter = itertools.count()
+
+
+def host_volume(cluster: ControlPlane, namespace: str, claim: str, path: Path, read_only: bool = False) -> None:
+    """A hostPath PersistentVolume pre-bound to NAMESPACE/CLAIM (the test node's storage)."""
+    path.mkdir(parents=True, exist_ok=True)
+    pv_name = f"{namespace}-{claim}"
+    pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv_name},
+          "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteMany", "ReadOnlyMany"], "persistentVolumeReclaimPolicy": "Retain",
+                   "storageClassName": "", "hostPath": {"path": str(path)}, "claimRef": {"namespace": namespace, "name": claim}}}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(pv))
+
+
+@pytest.fixture
+def namespace(cluster, operator, models_dir, request):
+    """A fresh namespace enforcing Pod Security "restricted", with results and models volumes."""
+    name = f"e2e-{next(_ns_counter)}-{request.node.name[5:25].replace('_', '-').strip('-').lower()}"
+    cluster.kubectl("create", "namespace", name)
+    cluster.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted", "pod-security.kubernetes.io/enforce-version=latest")
+    results = cluster.root / "results" / name
+    host_volume(cluster, name, "abtest-results", results)
+    host_volume(cluster, name, "abtest-models", models_dir)
+    cluster.kubectl("apply", "-n", name, "-f", "-", input=json.dumps(
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "abtest-models"},
+         "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "", "resources": {"requests": {"storage": "1Gi"}}}}))
+    ns = type("Namespace", (), {})()
+    ns.name, ns.results = name, results
+    yield ns
+    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+        print(operator.log())
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)

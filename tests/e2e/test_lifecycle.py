@@ -64,3 +64,88 @@ def test_two_model_example_succeeds_with_the_right_p_value(cluster, namespace):
 
     reasons = {e["reason"] for e in events(cluster, namespace.name, name)}
     assert {"JobsCreated", "Succeeded"} <= reasons
+
+
+def test_three_models_get_cochran_q_and_holm(cluster, namespace):
+    from statsmodels.stats.multitest import multipletests
+
+    manifest = example_manifest("abtest-digits-3way.yaml", namespace.name)
+    apply(cluster, manifest)
+    status = wait_phase(cluster, namespace.name, manifest["metadata"]["name"], ("Succeeded", "Failed"))["status"]
+    assert status["phase"] == "Succeeded", status
+    result = status["result"]
+    assert result["omnibus"]["test"] == "cochrans_q" and 0 <= result["omnibus"]["pValue"] <= 1
+    raw = [c["pValue"] for c in result["comparisons"]]
+    assert len(raw) == 3
+    holm = multipletests(raw, method="holm")[1]
+    assert [c["pValueAdjusted"] for c in result["comparisons"]] == pytest.approx([max(p, 1e-300) for p in holm], rel=1e-9)
+    assert "Holm" in result["method"] and "Cochran" in result["method"]
+
+
+def test_operator_killed_mid_run_resumes_without_duplicates(cluster, namespace, operator):
+    manifest = example_manifest("abtest-digits.yaml", namespace.name, batchSize=8)
+    manifest["spec"]["dataset"]["split"] = "train"  # 1,437 samples: long enough to kill the operator mid-run
+    name = manifest["metadata"]["name"]
+    apply(cluster, manifest)
+    wait_phase(cluster, namespace.name, name, ("Running",), timeout=120)
+    operator.kill()  # SIGKILL: no cleanup, no goodbye
+    try:
+        cluster.wait_for(lambda: all((j.get("status") or {}).get("succeeded") for j in jobs(cluster, namespace.name)), 180,
+                         "the model Jobs to finish while the operator is down", interval=1)
+        assert get_abtest(cluster, namespace.name, name)["status"]["phase"] == "Running"  # nobody advanced it meanwhile
+    finally:
+        operator.start()
+    status = wait_phase(cluster, namespace.name, name, ("Succeeded", "Failed"))["status"]
+    assert status["phase"] == "Succeeded", status
+    observed = jobs(cluster, namespace.name)
+    roles = sorted(j["metadata"]["labels"]["abtest.dev/role"] for j in observed)
+    assert roles == ["analysis", "model", "model"], [j["metadata"]["name"] for j in observed]
+    pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace.name, "-o", "json").stdout)["items"]
+    assert len(pods) == 3  # one run per Job: nothing evaluated twice
+
+
+def test_broken_checkpoint_fails_naming_the_model(cluster, namespace):
+    manifest = example_manifest("abtest-digits.yaml", namespace.name)
+    manifest["spec"]["models"][1]["checkpoint"] = "checkpoints/resnet10t-digits.pth"  # a ResNet's weights for the ViT
+    name = manifest["metadata"]["name"]
+    apply(cluster, manifest)
+    status = wait_phase(cluster, namespace.name, name, ("Failed", "Succeeded"))["status"]
+    assert status["phase"] == "Failed"
+    assert status["reason"].startswith("model vit failed:") and "does not fit timm/test_vit" in status["reason"], status["reason"]
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Failed"] == "True"
+    warnings = [e for e in events(cluster, namespace.name, name) if e["type"] == "Warning"]
+    assert any("model vit failed" in e["message"] for e in warnings)
+    # a bad-input exit is final: the pod failure policy fails the Job without retries, and no analysis runs
+    assert not [j for j in jobs(cluster, namespace.name) if j["metadata"]["labels"]["abtest.dev/role"] == "analysis"]
+    assert "kubectl describe" not in status["reason"]
+    described = cluster.kubectl("describe", "abtest", name, "-n", namespace.name).stdout
+    assert "model vit failed" in described
+
+
+def test_operator_only_rejection_marks_failed(cluster, namespace):
+    manifest = example_manifest("abtest-digits.yaml", namespace.name)
+    del manifest["spec"]["modelsVolume"]  # relative checkpoints with nowhere to read them from
+    name = manifest["metadata"]["name"]
+    apply(cluster, manifest)
+    status = wait_phase(cluster, namespace.name, name, ("Failed",), timeout=60)["status"]
+    assert "spec.models[0].checkpoint" in status["reason"] and "spec.modelsVolume" in status["reason"]
+    assert jobs(cluster, namespace.name) == []
+    assert any(e["reason"] == "InvalidSpec" for e in events(cluster, namespace.name, name))
+
+
+def test_deleting_the_abtest_collects_jobs_and_pods_but_keeps_results(cluster, namespace):
+    manifest = example_manifest("abtest-digits.yaml", namespace.name)
+    name = manifest["metadata"]["name"]
+    apply(cluster, manifest)
+    wait_phase(cluster, namespace.name, name, ("Succeeded",))
+    results = namespace.results / namespace.name / name
+    assert (results / "result.json").exists()
+    cluster.kubectl("delete", "abtest", name, "-n", namespace.name, "--wait=true", "--timeout=60s")
+
+    def collected():
+        left = cluster.kubectl("get", "jobs,pods", "-n", namespace.name, "-o", "name").stdout.split()
+        return not left
+    cluster.wait_for(collected, 90, "garbage collection of the Jobs and Pods", interval=1)
+    assert (results / "result.json").exists() and (results / "resnet" / "predictions.parquet").exists()
+    # the shared results claim is not owned by the ABTest: it stays too
+    assert cluster.kubectl("get", "pvc", "abtest-results", "-n", namespace.name, check=False).returncode == 0

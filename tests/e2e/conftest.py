@@ -7,6 +7,7 @@ chart's RBAC (not admin). Every test namespace enforces Pod Security "restricted
 from __future__ import annotations
 
 import itertools
+import threading
 import json
 import os
 import shutil
@@ -145,10 +146,9 @@ def host_volume(cluster: ControlPlane, namespace: str, claim: str, path: Path, r
     cluster.kubectl("apply", "-f", "-", input=json.dumps(pv))
 
 
-@pytest.fixture
-def namespace(cluster, operator, models_dir, request):
+def make_namespace(cluster: ControlPlane, models_dir: Path, label: str):
     """A fresh namespace enforcing Pod Security "restricted", with results and models volumes."""
-    name = f"e2e-{next(_ns_counter)}-{request.node.name[5:25].replace('_', '-').strip('-').lower()}"
+    name = f"e2e-{next(_ns_counter)}-{label[:20].replace('_', '-').strip('-').lower()}"
     cluster.kubectl("create", "namespace", name)
     cluster.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted", "pod-security.kubernetes.io/enforce-version=latest")
     results = cluster.root / "results" / name
@@ -159,8 +159,14 @@ def namespace(cluster, operator, models_dir, request):
          "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "", "resources": {"requests": {"storage": "1Gi"}}}}))
     ns = type("Namespace", (), {})()
     ns.name, ns.results = name, results
+    return ns
+
+
+@pytest.fixture
+def namespace(cluster, operator, models_dir, request):
+    ns = make_namespace(cluster, models_dir, request.node.name[5:])
     yield ns
-    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+    if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
         print(operator.log())
 
 
@@ -169,3 +175,85 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     setattr(item, f"rep_{rep.when}", rep)
+
+
+class Prometheus:
+    """Debian's prometheus on loopback, scraping the operator and the evaluator pods.
+
+    Debian builds Prometheus without kubernetes_sd, so a small thread stands in for it: it lists the
+    pods annotated prometheus.io/scrape (what the PodMonitor selects) and writes them as file_sd targets.
+    """
+
+    def __init__(self, root: Path, cluster: ControlPlane, operator_port: int):
+        self.port = free_port()
+        self.cluster = cluster
+        root.mkdir(parents=True, exist_ok=True)
+        self.targets = root / "evaluators.json"
+        self.targets.write_text("[]")
+        cfg = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [
+                {"job_name": "abtest-operator", "static_configs": [{"targets": [f"127.0.0.1:{operator_port}"]}]},
+                {"job_name": "abtest-evaluators", "honor_labels": True,
+                 "file_sd_configs": [{"files": [str(self.targets)], "refresh_interval": "1s"}]},
+            ],
+        }
+        self._stop = threading.Event()
+        threading.Thread(target=self._discover, daemon=True).start()
+        (root / "prometheus.yml").write_text(yaml.safe_dump(cfg))
+        self.log = open(root / "prometheus.log", "w")
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise RuntimeError("prometheus is not installed: apt-get install prometheus (hack/test.sh does)")
+        self.proc = subprocess.Popen([binary, f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'data'}",
+                                      f"--web.listen-address=127.0.0.1:{self.port}"], stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        ControlPlane.wait_for(self._ready, 60, "prometheus /-/ready")
+
+    def _ready(self) -> bool:
+        import urllib.request
+
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"prometheus exited {self.proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def query(self, expr: str, at: float | None = None) -> list[dict]:
+        import urllib.parse
+        import urllib.request
+
+        params = {"query": expr, **({"time": f"{at:.3f}"} if at else {})}
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v1/query?{urllib.parse.urlencode(params)}", timeout=10) as resp:
+            body = json.loads(resp.read())
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+    def _discover(self) -> None:
+        core = client.CoreV1Api(self.cluster.api)
+        while not self._stop.wait(0.5):
+            try:
+                pods = core.list_pod_for_all_namespaces(field_selector="status.phase=Running").items
+            except Exception:
+                continue
+            groups = [{"targets": [f"{p.status.pod_ip}:{p.metadata.annotations['prometheus.io/port']}"],
+                       "labels": {"pod": p.metadata.name}}
+                      for p in pods if (p.metadata.annotations or {}).get("prometheus.io/scrape") == "true" and p.status.pod_ip]
+            tmp = self.targets.with_suffix(".tmp")
+            tmp.write_text(json.dumps(groups))
+            tmp.replace(self.targets)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def prometheus(cluster, operator):
+    prom = Prometheus(cluster.root / "prometheus", cluster, operator.metrics_port)
+    yield prom
+    prom.stop()

@@ -2,6 +2,8 @@
 
 import json
 
+import yaml
+
 import pytest
 
 from kube import apply, example_manifest, wait_phase
@@ -53,3 +55,12 @@ def test_restricted_pod_security_is_enforced_and_every_pod_admitted(cluster, nam
     assert len(pods) == 3 and all(p["status"]["phase"] == "Succeeded" for p in pods)
     warnings = cluster.kubectl("get", "events", "-n", namespace.name, "--field-selector", "reason=FailedCreate", check=False).stdout
     assert "forbidden" not in warnings
+
+
+def test_rendered_chart_passes_a_server_side_dry_run(cluster, operator, binaries):
+    from conftest import helm_template
+
+    docs = helm_template(binaries, "crds.enabled=false")
+    out = cluster.kubectl("apply", "--dry-run=server", "-n", "abtest-system", "-f", "-", input="---\n".join(yaml.safe_dump(d) for d in docs), check=False)
+    assert out.returncode == 0, out.stderr
+    assert "deployment.apps/abtest-abtest-operator created (server dry run)" in out.stdout

@@ -1,0 +1,94 @@
+"""The Helm chart: lints, renders, carries an identical copy of the CRD, and is secure by default."""
+
+import subprocess
+
+import pytest
+import yaml
+
+from cluster.controlplane import build_binaries
+from helpers import ROOT
+
+CHART = ROOT / "charts" / "abtest-operator"
+
+
+@pytest.fixture(scope="module")
+def helm():
+    return str(build_binaries() / "helm")
+
+
+def render(helm, *sets) -> list[dict]:
+    args = [helm, "template", "abtest", str(CHART), "--namespace", "abtest-system", "--kube-version", "1.37.2"]
+    for s in sets:
+        args += ["--set", s]
+    out = subprocess.run(args, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def test_crd_copy_is_identical():
+    assert (CHART / "files" / "crds" / "abtest.yaml").read_text() == (ROOT / "crds" / "abtest.yaml").read_text(), "run make sync-crd"
+
+
+def test_lint(helm):
+    for sets in ([], ["metrics.serviceMonitor.enabled=true,metrics.podMonitor.enabled=true,metrics.prometheusRule.enabled=true"],
+                 ["operator.replicas=2,peering.enabled=true"]):
+        out = subprocess.run([helm, "lint", str(CHART), "--strict", "--kube-version", "1.37.2", *(["--set", *sets] if sets else [])],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_defaults_render_secure_objects(helm):
+    docs = render(helm)
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "CustomResourceDefinition", "Deployment", "Service", "ServiceAccount"]
+    crd = next(d for d in docs if d["kind"] == "CustomResourceDefinition")
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert crd["spec"] == yaml.safe_load((ROOT / "crds" / "abtest.yaml").read_text())["spec"]
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
+    assert c["resources"]["requests"] and c["args"][0] == "operator"
+    rules = next(d for d in docs if d["kind"] == "ClusterRole")["rules"]
+    assert not any("secrets" in r["resources"] or "*" in r["verbs"] or "*" in r["resources"] for r in rules)
+    dashboard = next(d for d in docs if d["kind"] == "ConfigMap")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1" and "abtest.json" in dashboard["data"]
+
+
+def test_optional_monitoring_and_crd_switches(helm):
+    kinds = {d["kind"] for d in render(helm, "metrics.serviceMonitor.enabled=true", "metrics.podMonitor.enabled=true",
+                                      "metrics.prometheusRule.enabled=true", "crds.enabled=false")}
+    assert {"ServiceMonitor", "PodMonitor", "PrometheusRule"} <= kinds and "CustomResourceDefinition" not in kinds
+    crd = next(d for d in render(helm, "crds.keep=false") if d["kind"] == "CustomResourceDefinition")
+    assert "annotations" not in crd["metadata"]
+
+
+def test_contradictory_values_fail(helm):
+    out = subprocess.run([helm, "template", "x", str(CHART), "--kube-version", "1.37.2", "--set", "operator.replicas=2"], capture_output=True, text=True)
+    assert out.returncode != 0 and "needs peering.enabled=true" in out.stderr
+
+
+def test_values_are_documented():
+    """Every key in values.yaml has a sentence and an example above it; the children of a documented
+    map (e.g. resources.requests) are that example."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    exempt_below = None  # indentation of a documented map whose children are its value
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#") or stripped.startswith("-") or ":" not in stripped:
+            continue
+        indent = len(line) - len(line.lstrip())
+        if exempt_below is not None and indent > exempt_below:
+            continue
+        exempt_below = None
+        comments = []
+        for j in range(i - 1, -1, -1):
+            if not lines[j].strip().startswith("#"):
+                break
+            comments.append(lines[j])
+        is_section = stripped.endswith(":") and not comments
+        if is_section:
+            continue
+        assert any("Example" in c for c in comments) and len(comments) >= 2, f"values.yaml line {i + 1} ({stripped}) needs a sentence and an example"
+        if stripped.endswith(":"):
+            exempt_below = indent

@@ -87,6 +87,7 @@ class Progress:
 
 def evaluate(cfg: EvalConfig) -> dict:
     """Run the evaluation and write its files atomically; returns metrics.json's content."""
+    started = time.time()  # the run's start (before loading), for parity checks across models
     out = Path(cfg.out)
     if cfg.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {cfg.batch_size}")
@@ -120,7 +121,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     confidence = np.empty(n, dtype=np.float32)
     batch_seconds, batch_sizes = [], []
     sampler = GpuSampler(runner.device.index or 0, on_sample=lambda r: telemetry.set_gpu(None, r)) if device == "cuda" else nullcontext()
-    started = time.time()
+    loop_started = time.time()
     try:
         with sampler, Progress(cfg.progress, cfg.model_label, n) as progress:
             pos = 0
@@ -160,6 +161,7 @@ def evaluate(cfg: EvalConfig) -> dict:
             "versions": library_versions(),
             "image": os.environ.get("ABTEST_IMAGE"),
             "started_at": started,
+            "loop_started_at": loop_started,
             "finished_at": finished,
             "abtest": {"name": cfg.abtest, "namespace": cfg.namespace} if cfg.abtest else None,
         })

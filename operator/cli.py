@@ -9,6 +9,10 @@ import sys
 from abtest_operator.errors import UserError
 
 
+# What `pip install abtest[evaluator]` adds; the control plane runs without them.
+DATA_PLANE_MODULES = {"torch", "torchvision", "timm", "numpy", "scipy", "statsmodels", "sklearn", "pyarrow", "matplotlib", "safetensors", "PIL"}
+
+
 def _floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(","))
@@ -182,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    except ModuleNotFoundError as err:
+        if err.name and err.name.split(".")[0] in DATA_PLANE_MODULES:
+            print(f"error: abtest {args.command} needs the data plane ({err.name} is missing); pip install 'abtest[evaluator]'", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

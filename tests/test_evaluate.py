@@ -2,7 +2,6 @@
 
 import pickle
 import re
-import threading
 import time
 import urllib.request
 

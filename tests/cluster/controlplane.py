@@ -72,6 +72,7 @@ def kubeconfig(server: str, ca: Path, token: str, user: str = "admin") -> dict:
 class ControlPlane:
     root: Path
     bin: Path
+    apiserver_args: list[str] = field(default_factory=list)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     port: int = 0
     etcd_port: int = 0
@@ -111,7 +112,7 @@ class ControlPlane:
             f"--client-ca-file={pki / 'ca.crt'}", f"--token-auth-file={self.root / 'tokens.csv'}", "--authorization-mode=RBAC",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local", f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}", "--service-cluster-ip-range=10.0.0.0/24",
-            "--allow-privileged=false", "--profiling=false", "--enable-priority-and-fairness=false",
+            "--allow-privileged=false", "--profiling=false", "--enable-priority-and-fairness=false", *self.apiserver_args,
         ])
         self.wait_ready()
         common = [f"--kubeconfig={self.admin_kubeconfig}", "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={free_port()}"]

@@ -43,13 +43,15 @@ class PodProcess:
 
 
 class NodeAgent:
-    def __init__(self, api: client.ApiClient, state_dir: Path, server_port: int, ca_file: Path, bin_dir: Path, name: str = "test-node"):
+    def __init__(self, api: client.ApiClient, state_dir: Path, server_port: int, ca_file: Path, bin_dir: Path, name: str = "test-node",
+                 rewrite=None):
         self.core = client.CoreV1Api(api)
         self.name = name
         self.state = state_dir
         self.server_port = server_port
         self.ca_file = ca_file
         self.bin_dir = bin_dir
+        self.rewrite = rewrite  # argv -> argv, e.g. a fast stand-in evaluator for benchmarks
         self.pods: dict[str, PodProcess] = {}
         self.seen: set[str] = set()
         self.ips = (f"127.10.{n // 250}.{n % 250 + 1}" for n in itertools.count())  # one loopback address per pod
@@ -232,6 +234,8 @@ class NodeAgent:
         container = pod.spec.containers[0]
         env = self._env(pod, container)
         argv = [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), a) for a in [*(container.command or []), *(container.args or [])]]
+        if self.rewrite:
+            argv = self.rewrite(argv)
         script = []
         for mount in sorted(container.volume_mounts or [], key=lambda m: m.mount_path.count("/")):
             src = sources[mount.name] / (mount.sub_path or "")

@@ -3,7 +3,6 @@
 import json
 from datetime import datetime
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from statsmodels.stats.contingency_tables import mcnemar

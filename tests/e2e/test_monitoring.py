@@ -23,7 +23,7 @@ def slow_manifest(namespace: str) -> dict:
 
 @pytest.fixture(scope="module")
 def watched(cluster, operator, prometheus, models_dir):
-    from conftest import make_namespace
+    from cluster.harness import make_namespace
 
     ns = make_namespace(cluster, models_dir, "monitoring")
     manifest = slow_manifest(ns.name)

@@ -58,7 +58,7 @@ def test_restricted_pod_security_is_enforced_and_every_pod_admitted(cluster, nam
 
 
 def test_rendered_chart_passes_a_server_side_dry_run(cluster, operator, binaries):
-    from conftest import helm_template
+    from cluster.harness import helm_template
 
     docs = helm_template(binaries, "crds.enabled=false")
     out = cluster.kubectl("apply", "--dry-run=server", "-n", "abtest-system", "-f", "-", input="---\n".join(yaml.safe_dump(d) for d in docs), check=False)

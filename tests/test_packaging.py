@@ -1,0 +1,17 @@
+"""The image install steps: the operator target installs without torch and still renders Jobs."""
+
+import subprocess
+
+from helpers import ROOT
+
+
+def test_operator_image_install_has_no_torch(tmp_path):
+    venv = tmp_path / "operator-venv"
+    proc = subprocess.run(["bash", str(ROOT / "hack" / "image-install.sh"), "operator", str(venv)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert subprocess.run([venv / "bin" / "python", "-c", "import torch"], capture_output=True).returncode != 0
+    render = subprocess.run([venv / "bin" / "abtest", "render", str(ROOT / "examples" / "abtest-digits.yaml")], capture_output=True, text=True)
+    assert render.returncode == 0 and render.stdout.count("kind: Job") == 3, render.stderr
+    evaluate = subprocess.run([venv / "bin" / "abtest", "evaluate", "--model", "timm/resnet18", "--dataset", "digits", "--out", str(tmp_path / "o")],
+                              capture_output=True, text=True)
+    assert evaluate.returncode == 2 and "needs the data plane" in evaluate.stderr and "Traceback" not in evaluate.stderr

@@ -114,17 +114,20 @@ def operator_checks(spec: ABTestSpec) -> None:
             raise UserError(f"spec.models[{i}].checkpoint {m.checkpoint!r} is relative but spec.modelsVolume is not set; mount a volume with the checkpoints or use an absolute path")
 
 
-def apply_wanted(clients: Clients, cfg: manifests.OperatorConfig, spec: ABTestSpec, uid: str, phase: str) -> list[str]:
+def apply_wanted(clients: Clients, cfg: manifests.OperatorConfig, spec: ABTestSpec, uid: str, phase: str,
+                 models: dict[str, status.JobState], analysis: status.JobState) -> list[str]:
+    """Create what the phase calls for and the observation lacks (a create racing another pass is still fine)."""
     make_models, make_analysis = status.wanted_objects(spec, phase)
     created = []
-    if make_models:
+    missing = {name for name, state in models.items() if state.phase == "Missing"}
+    if make_models and missing:
         claim = manifests.build_results_claim(spec, cfg)
         if claim:
             create_if_missing(clients.core.create_namespaced_persistent_volume_claim, spec.namespace, claim)
         for job in manifests.model_jobs(spec, cfg, uid):
-            if create_if_missing(clients.batch.create_namespaced_job, spec.namespace, job):
+            if job["metadata"]["labels"][manifests.LABEL_MODEL] in missing and create_if_missing(clients.batch.create_namespaced_job, spec.namespace, job):
                 created.append(job["metadata"]["name"])
-    if make_analysis:
+    if make_analysis and analysis.phase == "Missing":
         sa, role, binding = manifests.build_analysis_rbac(spec, uid)
         create_if_missing(clients.core.create_namespaced_service_account, spec.namespace, sa)
         create_if_missing(clients.rbac.create_namespaced_role, spec.namespace, role)
@@ -170,7 +173,7 @@ def reconcile(memo: kopf.Memo, abtest: dict) -> dict:
         raise kopf.PermanentError(str(err)) from None
     models, analysis = observe(clients, spec, meta["uid"])
     new = status.derive_status(spec, meta.get("generation", 1), models, analysis, previous=old)
-    created = apply_wanted(clients, cfg, spec, meta["uid"], new["phase"])
+    created = apply_wanted(clients, cfg, spec, meta["uid"], new["phase"], models, analysis)
     if any(new.get(k) != old.get(k) for k in new):
         patch_status(clients, spec.namespace, spec.name, new)
     announce(abtest, old, new, created)

@@ -37,3 +37,27 @@ def abtest_cli(*args: str, timeout: float = 300, env: dict | None = None) -> sub
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+# Invalid ABTest specs, each a mutation of the two-model example's spec (which sets device: cpu in
+# the e2e tier). The local validator (test_operator_units) and the API server (e2e/test_validation)
+# must both reject every one; each tier checks its own wording of the message.
+INVALID_SPECS = {
+    "no models": lambda s: s.pop("models"),
+    "one model": lambda s: s.update(models=s["models"][:1]),
+    "17 models": lambda s: s.update(models=[dict(s["models"][0], name=f"m{i}") for i in range(17)]),
+    "duplicate names": lambda s: s["models"][1].update(name=s["models"][0]["name"]),
+    "model name": lambda s: s["models"][0].update(name="Res_Net"),
+    "alpha 1.5": lambda s: s.update(analysis={"alpha": 1.5}),
+    "alpha 0": lambda s: s.update(analysis={"alpha": 0}),
+    "negative batch": lambda s: s.update(batchSize=-8),
+    "pretrained and checkpoint": lambda s: s["models"][0].update(pretrained=True),
+    "unknown device": lambda s: s.update(device="tpu"),
+    "unknown dataset": lambda s: s["dataset"].update(name="imagenet22k"),
+    "dataset without path": lambda s: s["dataset"].update(name="cifar10"),
+    "architecture": lambda s: s["models"][0].update(architecture="resnet18"),
+    "gpus on cpu": lambda s: s.update(device="cpu", gpusPerModel=2),
+    "unknown field": lambda s: s.update(batchsize=32),
+    "negative deadline": lambda s: s.update(activeDeadlineSeconds=-1),
+    "mean/std": lambda s: s["models"][0].update(mean=[0.5], std=[0.5, 0.5]),
+}

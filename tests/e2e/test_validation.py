@@ -5,35 +5,28 @@ import copy
 import pytest
 import yaml
 
+from helpers import INVALID_SPECS
 from kube import apply, example_manifest, get_abtest
 
 pytestmark = pytest.mark.e2e
 
-INVALID = {
-    "no models": (lambda s: s.pop("models"), "spec.models: Required value"),
-    "one model": (lambda s: s.update(models=s["models"][:1]), "spec.models: Invalid value"),
-    "17 models": (lambda s: s.update(models=[dict(s["models"][0], name=f"m{i}") for i in range(17)]), "spec.models: Too many"),
-    "duplicate names": (lambda s: s["models"][1].update(name=s["models"][0]["name"]), "spec.models[].name must be unique"),
-    "model name": (lambda s: s["models"][0].update(name="Res_Net"), "spec.models[0].name"),
-    "alpha 1.5": (lambda s: s.update(analysis={"alpha": 1.5}), "spec.analysis.alpha"),
-    "negative batch": (lambda s: s.update(batchSize=-8), "spec.batchSize"),
-    "pretrained and checkpoint": (lambda s: s["models"][0].update(pretrained=True), "set either pretrained or checkpoint"),
-    "unknown device": (lambda s: s.update(device="tpu"), "spec.device: Unsupported value"),
-    "unknown dataset": (lambda s: s["dataset"].update(name="imagenet22k"), "spec.dataset.name: Unsupported value"),
-    "dataset without path": (lambda s: s["dataset"].update(name="cifar10"), "spec.dataset.path is required"),
-    "architecture": (lambda s: s["models"][0].update(architecture="resnet18"), "spec.models[0].architecture"),
-    "gpus on cpu": (lambda s: s.update(gpusPerModel=2), "spec.gpusPerModel must be 0"),
-    "unknown field": (lambda s: s.update(batchsize=32), 'unknown field "spec.batchsize"'),
-    "negative deadline": (lambda s: s.update(activeDeadlineSeconds=-1), "spec.activeDeadlineSeconds"),
+API_MESSAGES = {
+    "no models": "spec.models: Required value", "one model": "spec.models: Invalid value", "17 models": "spec.models: Too many",
+    "duplicate names": "spec.models[].name must be unique", "model name": "spec.models[0].name", "alpha 1.5": "spec.analysis.alpha",
+    "alpha 0": "spec.analysis.alpha", "negative batch": "spec.batchSize", "pretrained and checkpoint": "set either pretrained or checkpoint",
+    "unknown device": "spec.device: Unsupported value", "unknown dataset": "spec.dataset.name: Unsupported value",
+    "dataset without path": "spec.dataset.path is required", "architecture": "spec.models[0].architecture",
+    "gpus on cpu": "spec.gpusPerModel must be 0", "unknown field": 'unknown field "spec.batchsize"',
+    "negative deadline": "spec.activeDeadlineSeconds", "mean/std": "mean and std need the same number of values",
 }
 
 
-@pytest.mark.parametrize("case", sorted(INVALID))
+@pytest.mark.parametrize("case", sorted(INVALID_SPECS))
 def test_invalid_manifest_is_rejected_naming_the_field(cluster, namespace, case):
     manifest = example_manifest("abtest-digits.yaml", namespace.name)
     manifest["metadata"]["name"] = f"invalid-{case.replace(' ', '-').replace('/', '')}"
-    mutate, message = INVALID[case]
-    mutate(manifest["spec"])
+    INVALID_SPECS[case](manifest["spec"])
+    message = API_MESSAGES[case]
     proc = cluster.kubectl("apply", "--validate=strict", "-f", "-", input=yaml.safe_dump(manifest), check=False)
     assert proc.returncode != 0, f"{case} was accepted"
     assert message in proc.stderr, proc.stderr

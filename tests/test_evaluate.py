@@ -265,3 +265,17 @@ def test_torchvision_dataset_class_reads_local_files(tmp_path):
     proc = abtest_cli("evaluate", "--model", "timm/test_resnet", "--dataset", "torchvision", "--dataset-class", "NoSuchSet",
                       "--path", tmp_path, *INPUT_FLAGS, "--out", tmp_path / "out2")
     assert proc.returncode == 2 and "torchvision dataset class 'NoSuchSet' is unknown" in proc.stderr
+
+
+def test_compile_on_cpu(tmp_path, trained_models):
+    """torch.compile (inductor's C++ backend on CPU) gives the same predictions as eager mode."""
+    outs = {}
+    for mode, extra in (("eager", []), ("compiled", ["--compile"])):
+        proc = abtest_cli("evaluate", "--model", "timm/resnet10t", "--checkpoint", trained_models["timm/resnet10t"], "--dataset", "digits",
+                          "--limit", "64", *INPUT_FLAGS, "--device", "cpu", "--workers", "0", "--batch-size", "32", *extra,
+                          "--out", tmp_path / mode, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outs[mode] = pq.read_table(tmp_path / mode / "predictions.parquet")
+    assert read_json(tmp_path / "compiled" / "metrics.json")["device"]["compile"] is True
+    assert outs["eager"].column("pred").equals(outs["compiled"].column("pred"))
+    np.testing.assert_allclose(outs["eager"].column("confidence").to_numpy(), outs["compiled"].column("confidence").to_numpy(), atol=1e-4)

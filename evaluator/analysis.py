@@ -28,10 +28,17 @@ class ModelData:
     confidence: np.ndarray
 
 
-def model_dirs(root: Path) -> list[Path]:
+def model_dirs(root: Path, models: list[str] | None = None) -> list[Path]:
+    """The model folders, in the given order (A, B, … as the ABTest lists them), else by name."""
     if not root.is_dir():
         raise UserError(f"results folder {root} does not exist; pass the --out folder of the evaluations")
-    dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if models:
+        missing = [m for m in models if not (root / m).is_dir()]
+        if missing:
+            raise UserError(f"{root} has no folder for model(s) {', '.join(missing)}; did their evaluation run?")
+        dirs = [root / m for m in models]
+    else:
+        dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(dirs) < 2:
         raise UserError(f"{root} holds {len(dirs)} model folder(s); an A/B test needs at least 2 evaluated models")
     return dirs
@@ -168,10 +175,10 @@ def pareto_notes(models: dict, comparisons: list[dict]) -> list[str]:
     return notes
 
 
-def analyze(root: Path, alpha: float = 0.05, test: str = "auto") -> dict:
+def analyze(root: Path, alpha: float = 0.05, test: str = "auto", order: list[str] | None = None) -> dict:
     if not 0 < alpha < 1:
         raise UserError(f"--alpha must be in (0, 1), got {alpha}")
-    models = [load_model(d) for d in model_dirs(root)]
+    models = [load_model(d) for d in model_dirs(root, order)]
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise UserError(f"two model folders report the same model name ({', '.join(names)}); give each model a distinct --name")
@@ -199,20 +206,20 @@ def analyze(root: Path, alpha: float = 0.05, test: str = "auto") -> dict:
     return result
 
 
-def run_analysis(root: Path, alpha: float = 0.05, test: str = "auto") -> dict:
+def run_analysis(root: Path, alpha: float = 0.05, test: str = "auto", order: list[str] | None = None) -> dict:
     """Analyze and write result.json and report.html atomically; nothing is written on refusal."""
     from abtest_evaluator import report
 
-    result = analyze(root, alpha, test)
-    html = report.render(result, {m: results.read_metrics(root / d) for m, d in _dirs_by_model(root).items()})
+    result = analyze(root, alpha, test, order)
+    html = report.render(result, {m: results.read_metrics(root / d) for m, d in _dirs_by_model(root, order).items()})
     results.atomic_write_json(root / RESULT, result)
     results.atomic_write_bytes(root / REPORT, html.encode())
     return result
 
 
-def _dirs_by_model(root: Path) -> dict[str, str]:
+def _dirs_by_model(root: Path, order: list[str] | None) -> dict[str, str]:
     out = {}
-    for d in model_dirs(root):
+    for d in model_dirs(root, order):
         out[results.read_metrics(d).get("model") or d.name] = d.name
     return out
 

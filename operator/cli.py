@@ -75,6 +75,7 @@ def add_analyze(sub) -> None:
     p.add_argument("dir", help="folder holding one sub-folder per evaluated model")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     p.add_argument("--test", default="auto", choices=["auto", "exact", "chi2"], help="McNemar variant (default auto)")
+    p.add_argument("--models", help="comma-separated model folders in A, B, … order (default: every folder, by name)")
     p.add_argument("--abtest", help="NAMESPACE/NAME: also write the verdict into that ABTest's status")
     p.set_defaults(func=cmd_analyze)
 
@@ -84,7 +85,7 @@ def cmd_analyze(args) -> int:
 
     from abtest_evaluator.analysis import run_analysis, status_summary, summary_table
 
-    result = run_analysis(Path(args.dir), args.alpha, args.test)
+    result = run_analysis(Path(args.dir), args.alpha, args.test, args.models.split(",") if args.models else None)
     print(summary_table(result))
     if args.abtest:
         from abtest_evaluator.publish import publish_result

@@ -150,7 +150,7 @@ def run_local(manifest_path: str, out: str | None = None, device: str | None = N
                             extra=("--threads", str(threads)))
     try:
         run_models(spec, runs, device, sys.stderr.isatty() if show_progress is None else show_progress)
-        result = run_analysis(staging, spec.alpha, spec.test)
+        result = run_analysis(staging, spec.alpha, spec.test, [m.name for m in spec.models])
         publish_dir(staging, out_dir)
         return result, out_dir
     finally:

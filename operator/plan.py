@@ -66,7 +66,7 @@ def plan_models(spec: ABTestSpec, results_dir: str, models_dir: str | None = Non
 
 
 def plan_analysis(spec: ABTestSpec, results_dir: str, publish: bool = False) -> tuple[str, ...]:
-    argv = ["analyze", results_dir, "--alpha", str(spec.alpha), "--test", spec.test]
+    argv = ["analyze", results_dir, "--alpha", str(spec.alpha), "--test", spec.test, "--models", ",".join(m.name for m in spec.models)]
     if publish:
         argv += ["--abtest", f"{spec.namespace}/{spec.name}"]
     return tuple(argv)

@@ -123,6 +123,16 @@ def test_refusals_write_nothing(evaluated, tmp_path, case):
     assert not (root / "result.json").exists() and not (root / "report.html").exists()
 
 
+def test_models_flag_sets_a_and_b(evaluated, tmp_path):
+    root = copy_results(evaluated, tmp_path / "r")
+    proc = abtest_cli("analyze", root, "--models", "vit,resnet")
+    assert proc.returncode == 0, proc.stderr
+    (c,) = read_json(root / "result.json")["comparisons"]
+    assert (c["a"], c["b"]) == ("vit", "resnet")
+    proc = abtest_cli("analyze", root, "--models", "vit,convnext")
+    assert proc.returncode == 2 and "no folder for model(s) convnext" in proc.stderr
+
+
 def test_sharded_predictions_are_merged_in_index_order(evaluated, tmp_path):
     root = copy_results(evaluated, tmp_path / "r")
     table = pq.read_table(root / "vit" / "predictions.parquet")
@@ -207,7 +217,7 @@ def test_run_three_models_uses_cochran_and_holm(tmp_path, trained_models):
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "out"
     result = read_json(out / "result.json")
-    order = sorted(n for n, _ in names)  # the analysis orders models by folder name
+    order = [n for n, _ in names]  # A, B, C as the manifest lists them
     correct, pairs, pvals, adjusted = independent(out, order)
     by_pair = {(c["a"], c["b"]): c for c in result["comparisons"]}
     for (a, b, n01, n10, diff), p, p_adj in zip(pairs, pvals, adjusted):
@@ -216,8 +226,11 @@ def test_run_three_models_uses_cochran_and_holm(tmp_path, trained_models):
         assert c["p_value"] == pytest.approx(p, rel=1e-9) and c["p_value_adjusted"] == pytest.approx(p_adj, rel=1e-9)
     q = cochrans_q(np.column_stack([correct[n] for n in order]).astype(int))
     assert result["omnibus"]["statistic"] == pytest.approx(q.statistic) and result["omnibus"]["p_value"] == pytest.approx(max(q.pvalue, 1e-300))
+    def pair(x, y):
+        return by_pair.get((x, y)) or by_pair[(y, x)]
+
     winners = [n for n in order if all(
-        by_pair[tuple(sorted((n, o)))]["significant"] and (read_json(out / n / "metrics.json")["accuracy"] > read_json(out / o / "metrics.json")["accuracy"])
+        pair(n, o)["significant"] and (read_json(out / n / "metrics.json")["accuracy"] > read_json(out / o / "metrics.json")["accuracy"])
         for o in order if o != n)]
     assert result["winner"] == (winners[0] if winners else None)
     assert "Cochran's Q" in proc.stdout and "Holm" in proc.stdout

@@ -279,3 +279,39 @@ def test_compile_on_cpu(tmp_path, trained_models):
     assert read_json(tmp_path / "compiled" / "metrics.json")["device"]["compile"] is True
     assert outs["eager"].column("pred").equals(outs["compiled"].column("pred"))
     np.testing.assert_allclose(outs["eager"].column("confidence").to_numpy(), outs["compiled"].column("confidence").to_numpy(), atol=1e-4)
+
+
+def test_pushgateway_receives_the_final_values(tmp_path, trained_models):
+    """Short Jobs may end between scrapes: the final values go to a real Pushgateway (Debian's)."""
+    import shutil
+    import socket
+    import subprocess
+
+    binary = shutil.which("prometheus-pushgateway")
+    assert binary, "prometheus-pushgateway is not installed (hack/test.sh installs it)"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    gateway = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}", f"--persistence.file={tmp_path / 'push.db'}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        proc = abtest_cli("evaluate", "--model", "timm/test_vit", "--checkpoint", trained_models["timm/test_vit"], "--dataset", "digits",
+                          *INPUT_FLAGS, "--device", "cpu", "--workers", "0", "--abtest", "pushed", "--namespace", "ns", "--name", "vit",
+                          "--pushgateway", f"http://127.0.0.1:{port}", "--out", tmp_path / "out")
+        assert proc.returncode == 0, proc.stderr
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        sample = re.search(r'^abtest_samples_processed_total\{(.*)\} (\S+)$', text, re.M)
+        assert sample and float(sample.group(2)) == 360, text[:2000]
+        assert 'abtest="pushed"' in sample.group(1) and 'model="vit"' in sample.group(1) and 'job="abtest-evaluator"' in sample.group(1)
+        assert re.search(r'^abtest_evaluation_completed\{.*\} 1$', text, re.M)
+    finally:
+        gateway.terminate()
+        gateway.wait(timeout=10)

@@ -148,3 +148,18 @@ def test_deleting_the_abtest_collects_jobs_and_pods_but_keeps_results(cluster, n
     assert (results / "result.json").exists() and (results / "resnet" / "predictions.parquet").exists()
     # the shared results claim is not owned by the ABTest: it stays too
     assert cluster.kubectl("get", "pvc", "abtest-results", "-n", namespace.name, check=False).returncode == 0
+
+
+def test_default_device_requests_a_gpu_and_falls_back_to_cpu(cluster, namespace):
+    """device: auto asks the scheduler for nvidia.com/gpu (the test node advertises 8); without a CUDA
+    device in the process the evaluator falls back to the CPU and records it."""
+    manifest = example_manifest("abtest-digits.yaml", namespace.name)
+    manifest["spec"]["device"] = "auto"
+    name = manifest["metadata"]["name"]
+    apply(cluster, manifest)
+    status = wait_phase(cluster, namespace.name, name, ("Succeeded", "Failed"))["status"]
+    assert status["phase"] == "Succeeded", status
+    pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace.name, "-l", "abtest.dev/role=model", "-o", "json").stdout)["items"]
+    assert {p["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] for p in pods} == {"1"}
+    metrics = json.loads((namespace.results / namespace.name / name / "resnet" / "metrics.json").read_text())
+    assert metrics["device"]["type"] == "cpu" and metrics["gpu_memory"] is None

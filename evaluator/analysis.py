@@ -163,7 +163,7 @@ def power_warnings(comparisons: list[dict]) -> list[str]:
     return out
 
 
-def pareto_notes(models: dict, comparisons: list[dict]) -> list[str]:
+def pareto_notes(comparisons: list[dict]) -> list[str]:
     notes = []
     for c in comparisons:
         if not c["significant"]:
@@ -200,7 +200,7 @@ def analyze(root: Path, alpha: float = 0.05, test: str = "auto", order: list[str
         "models": summaries, "comparisons": comparisons, "omnibus": omnibus,
         "winner": pick_winner(names, comparisons),
         "warnings": collect_warnings(models) + power_warnings(comparisons),
-        "notes": pareto_notes(summaries, comparisons),
+        "notes": pareto_notes(comparisons),
     }
     result["verdict"] = verdict_sentence(result)
     return result

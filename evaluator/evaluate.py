@@ -139,7 +139,7 @@ def evaluate(cfg: EvalConfig) -> dict:
                 telemetry.observe_batch(size, correct, float(batch.confidence.sum()), batch.seconds)
                 if (memory := runner.gpu_memory()) is not None:
                     telemetry.set_gpu(memory["max_allocated_bytes"], None)
-                progress.advance(size, telemetry._correct / telemetry._seen)
+                progress.advance(size, telemetry.running_accuracy)
         finished = time.time()
         labels = ds.labels
         metrics = summary.summarize(labels, topk[:, 0], (topk == labels[:, None]).any(axis=1) if k >= 5 else None,

@@ -44,9 +44,13 @@ class EvalTelemetry:
         self._seconds += seconds
         self.samples.inc(size)
         self.batch_latency.observe(seconds)
-        self.accuracy.set(self._correct / self._seen)
+        self.accuracy.set(self.running_accuracy)
         self.confidence.set(self._conf_sum / self._seen)
         self.throughput.set(self._seen / self._seconds if self._seconds else 0.0)
+
+    @property
+    def running_accuracy(self) -> float:
+        return self._correct / self._seen if self._seen else 0.0
 
     def set_gpu(self, memory_bytes: float | None, utilization: float | None) -> None:
         if memory_bytes is not None:

@@ -13,12 +13,13 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from pathlib import Path
 
 from abtest_operator import plan
 from abtest_operator.errors import UserError
-from abtest_operator.spec import ABTestSpec, load_manifest, parse_abtest
+from abtest_operator.spec import load_manifest, parse_abtest
 
 
 def gpu_count() -> int:
@@ -89,7 +90,7 @@ def child_envs(n: int, device: str) -> list[dict]:
     return envs
 
 
-def run_models(spec: ABTestSpec, runs: list[plan.ModelRun], device: str, show_progress: bool) -> None:
+def run_models(runs: list[plan.ModelRun], device: str, show_progress: bool) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -116,8 +117,6 @@ def run_models(spec: ABTestSpec, runs: list[plan.ModelRun], device: str, show_pr
 
 
 def _wait_any(children: list[Child]) -> Child:
-    import time
-
     while True:
         for child in children:
             if child.proc.poll() is not None:
@@ -149,7 +148,7 @@ def run_local(manifest_path: str, out: str | None = None, device: str | None = N
     runs = plan.plan_models(spec, str(staging), models_dir=str(Path(manifest_path).resolve().parent), device=device,
                             extra=("--threads", str(threads)))
     try:
-        run_models(spec, runs, device, sys.stderr.isatty() if show_progress is None else show_progress)
+        run_models(runs, device, sys.stderr.isatty() if show_progress is None else show_progress)
         result = run_analysis(staging, spec.alpha, spec.test, [m.name for m in spec.models])
         publish_dir(staging, out_dir)
         return result, out_dir

@@ -175,14 +175,24 @@ def pareto_notes(comparisons: list[dict]) -> list[str]:
     return notes
 
 
-def analyze(root: Path, alpha: float = 0.05, test: str = "auto", order: list[str] | None = None) -> dict:
-    if not 0 < alpha < 1:
-        raise UserError(f"--alpha must be in (0, 1), got {alpha}")
+def load_models(root: Path, order: list[str] | None = None) -> list[ModelData]:
+    """Every model's predictions and metrics, checked to be comparable; a UserError otherwise."""
     models = [load_model(d) for d in model_dirs(root, order)]
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise UserError(f"two model folders report the same model name ({', '.join(names)}); give each model a distinct --name")
     check_same_samples(models)
+    return models
+
+
+def analyze(root: Path, alpha: float = 0.05, test: str = "auto", order: list[str] | None = None) -> dict:
+    return compare_models(load_models(root, order), alpha, test)
+
+
+def compare_models(models: list[ModelData], alpha: float, test: str) -> dict:
+    if not 0 < alpha < 1:
+        raise UserError(f"--alpha must be in (0, 1), got {alpha}")
+    names = [m.name for m in models]
     comparisons = [compare(a, b, test, alpha) for a, b in itertools.combinations(models, 2)]
     adjusted, reject = stats.holm([c["p_value"] for c in comparisons], alpha)
     for c, p_adj, sig in zip(comparisons, adjusted, reject):
@@ -210,18 +220,12 @@ def run_analysis(root: Path, alpha: float = 0.05, test: str = "auto", order: lis
     """Analyze and write result.json and report.html atomically; nothing is written on refusal."""
     from abtest_evaluator import report
 
-    result = analyze(root, alpha, test, order)
-    html = report.render(result, {m: results.read_metrics(root / d) for m, d in _dirs_by_model(root, order).items()})
+    models = load_models(root, order)
+    result = compare_models(models, alpha, test)
+    html = report.render(result, {m.name: m.metrics for m in models})
     results.atomic_write_json(root / RESULT, result)
     results.atomic_write_bytes(root / REPORT, html.encode())
     return result
-
-
-def _dirs_by_model(root: Path, order: list[str] | None) -> dict[str, str]:
-    out = {}
-    for d in model_dirs(root, order):
-        out[results.read_metrics(d).get("model") or d.name] = d.name
-    return out
 
 
 def summary_table(result: dict) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from abtest_crds import load_crd, openapi_schema
+from abtest_crds import openapi_schema
 from abtest_operator.errors import UserError
 
 API_VERSION = "abtest.dev/v1alpha1"
@@ -181,4 +181,4 @@ def load_manifest(path: str | Path) -> dict:
     return abtests[0]
 
 
-__all__ = ["ABTestSpec", "DatasetSpec", "ModelSpec", "load_crd", "load_manifest", "parse_abtest", "validate_manifest"]
+__all__ = ["ABTestSpec", "DatasetSpec", "ModelSpec", "load_manifest", "parse_abtest", "validate_manifest"]

@@ -46,27 +46,30 @@ if missing "${K8S_CMDS[@]}"; then
   done
 fi
 
+# build_main OUT MODULE@VERSION PACKAGE LDFLAGS SOURCE: a scratch module that requires MODULE and
+# builds PACKAGE (a main package, or "." for SOURCE's own main) into $BIN/OUT.
+build_main() {
+  local out="$1" module="$2" package="$3" ldflags="$4" source="$5"
+  mkdir -p "$WORK/$out" && cd "$WORK/$out"
+  go mod init "abtest.dev/$out" >/dev/null 2>&1
+  printf '%b' "$source" > main.go
+  go get "$module" >&2
+  go mod tidy >&2
+  echo "building $out" >&2
+  go build -trimpath -ldflags "-s -w $ldflags" -o "$WORK/$out.bin" "$package"
+  mv "$WORK/$out.bin" "$BIN/$out"
+}
+
 if missing etcd; then
   # etcd's own main package lives in a module that cannot be required, so call etcdmain.
-  mkdir -p "$WORK/etcd" && cd "$WORK/etcd"
-  go mod init abtest.dev/etcd >/dev/null 2>&1
-  printf 'package main\n\nimport (\n\t"os"\n\n\t"go.etcd.io/etcd/server/v3/etcdmain"\n)\n\nfunc main() { etcdmain.Main(os.Args) }\n' > main.go
-  go get "go.etcd.io/etcd/server/v3@v${ETCD_VERSION}" >&2
-  go mod tidy >&2
-  echo "building etcd" >&2
-  go build -trimpath -ldflags "-s -w" -o "$WORK/etcd.bin" .
-  mv "$WORK/etcd.bin" "$BIN/etcd"
+  build_main etcd "go.etcd.io/etcd/server/v3@v${ETCD_VERSION}" . "" \
+    'package main\n\nimport (\n\t"os"\n\n\t"go.etcd.io/etcd/server/v3/etcdmain"\n)\n\nfunc main() { etcdmain.Main(os.Args) }\n'
 fi
 
 if missing "helm-v${HELM_VERSION}"; then
-  mkdir -p "$WORK/helm" && cd "$WORK/helm"
-  go mod init abtest.dev/helm >/dev/null 2>&1
-  printf '//go:build tools\n\npackage tools\n\nimport _ "helm.sh/helm/v3/cmd/helm"\n' > tools.go
-  go get "helm.sh/helm/v3@v${HELM_VERSION}" >&2
-  go mod tidy >&2
-  echo "building helm" >&2
-  go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=v${HELM_VERSION}" -o "$WORK/helm.bin" helm.sh/helm/v3/cmd/helm
-  mv "$WORK/helm.bin" "$BIN/helm-v${HELM_VERSION}"
+  build_main "helm-v${HELM_VERSION}" "helm.sh/helm/v3@v${HELM_VERSION}" helm.sh/helm/v3/cmd/helm \
+    "-X helm.sh/helm/v3/internal/version.version=v${HELM_VERSION}" \
+    '//go:build tools\n\npackage tools\n\nimport _ "helm.sh/helm/v3/cmd/helm"\n'
   ln -sf "helm-v${HELM_VERSION}" "$BIN/helm"
 fi
 

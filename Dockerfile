@@ -4,7 +4,15 @@
 #   evaluator      model and analysis Jobs, CUDA torch    docker build --target evaluator -t abtest/evaluator .
 #   evaluator-cpu  CPU-only torch, for kind/CPU clusters  docker build --target evaluator-cpu -t abtest/evaluator:cpu .
 # The install steps live in hack/image-install.sh, which CI runs too. Every image runs as UID 65532.
+# Without Docker (and without a registry to pull the base from), hack/build-images.sh builds these
+# targets with buildah from a debootstrapped base passed as PYTHON_IMAGE; the e2e tests run them.
 ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
+# Where evaluator-cpu takes torch: PyTorch's CPU-only index (small); any PEP 503 index or mirror works.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# Optional, for pip behind a TLS-inspecting proxy: the path of a CA bundle mounted into the build.
+ARG PIP_CERT
+# Optional: a pip cache folder mounted into the build, so rebuilds do not download torch again.
+ARG PIP_CACHE_DIR
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
@@ -16,12 +24,15 @@ COPY crds/ crds/
 COPY hack/image-install.sh hack/
 
 FROM build AS build-operator
+ARG TORCH_INDEX_URL PIP_CERT PIP_CACHE_DIR
 RUN bash hack/image-install.sh operator /opt/abtest /src
 
 FROM build AS build-evaluator
+ARG TORCH_INDEX_URL PIP_CERT PIP_CACHE_DIR
 RUN bash hack/image-install.sh evaluator /opt/abtest /src
 
 FROM build AS build-evaluator-cpu
+ARG TORCH_INDEX_URL PIP_CERT PIP_CACHE_DIR
 RUN bash hack/image-install.sh evaluator-cpu /opt/abtest /src
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -3,14 +3,19 @@
 # (tests/test_packaging.py installs the operator target and checks it has no torch).
 #   bash hack/image-install.sh operator|evaluator|evaluator-cpu VENV [SRC]
 set -euo pipefail
-target="$1" venv="$2" src="${3:-$(cd "$(dirname "$0")/.." && pwd)}"
+target="$1" venv="$(realpath -m "$2")" src="$(realpath "${3:-$(dirname "$0")/..}")"
+cd /  # never run `python3 -m` from a source tree (its folders could shadow the standard library)
 python3 -m venv "$venv"
-pip=("$venv/bin/pip" install --no-cache-dir -q -c "$src/constraints.txt")
-"$venv/bin/pip" install --no-cache-dir -q --upgrade pip
+cache=(--no-cache-dir); [ -z "${PIP_CACHE_DIR:-}" ] || cache=()   # a cache only when one is mounted in
+pip=("$venv/bin/pip" install "${cache[@]}" -q -c "$src/constraints.txt")
+"$venv/bin/pip" install "${cache[@]}" -q --upgrade pip
 case "$target" in
   operator)      "${pip[@]}" "$src" ;;                                  # control plane only: no torch
   evaluator)     "${pip[@]}" "$src[evaluator]" ;;                       # CUDA torch from PyPI
-  evaluator-cpu) "${pip[@]}" --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple "$src[evaluator]" ;;
+  evaluator-cpu)                                                        # torch from TORCH_INDEX_URL (CPU-only by default)
+    torch_index="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}"
+    extra=(); [ "$torch_index" = https://pypi.org/simple ] || extra=(--extra-index-url https://pypi.org/simple)
+    "${pip[@]}" --index-url "$torch_index" "${extra[@]}" "$src[evaluator]" ;;
   *) echo "unknown target $target (operator, evaluator, evaluator-cpu)" >&2; exit 2 ;;
 esac
 "$venv/bin/abtest" --help >/dev/null

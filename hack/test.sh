@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Sets up everything the tests need and runs them: system packages (openssl, util-linux's unshare,
-# Prometheus), the virtualenv, the control-plane binaries (built once from the Go module proxy and
-# cached), then pytest over every tier. Prometheus and its Pushgateway come from Debian. Extra arguments go to pytest.
+# Sets up everything the tests need and runs them: system packages (openssl, Prometheus and its
+# Pushgateway, and the node's pieces: runc, CNI plugins, iptables, buildah, debootstrap), the
+# virtualenv, the Kubernetes binaries and containerd (built once from the Go module proxy and cached),
+# the project's images (built from the Dockerfile with buildah, cached by input hash), then pytest
+# over every tier. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -9,10 +11,17 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v unshare >/dev/null || need+=(util-linux)
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v prometheus-pushgateway >/dev/null || need+=(prometheus-pushgateway)
+command -v runc >/dev/null || need+=(runc)
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+command -v iptables >/dev/null || need+=(iptables)
+command -v buildah >/dev/null || need+=(buildah)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v gcc >/dev/null || need+=(gcc libc6-dev)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 source hack/setup.sh
 bash tests/cluster/build-binaries.sh >/dev/null
+bash hack/build-images.sh operator evaluator-cpu >/dev/null
 exec python -m pytest "$@"

@@ -15,3 +15,13 @@ def test_operator_image_install_has_no_torch(tmp_path):
     evaluate = subprocess.run([venv / "bin" / "abtest", "evaluate", "--model", "timm/resnet18", "--dataset", "digits", "--out", str(tmp_path / "o")],
                               capture_output=True, text=True)
     assert evaluate.returncode == 2 and "needs the data plane" in evaluate.stderr and "Traceback" not in evaluate.stderr
+
+
+def test_repository_root_does_not_shadow_the_standard_library(tmp_path):
+    """`python -m …` from the root puts the root on sys.path; `operator/` must not be importable as `operator`."""
+    import sys
+
+    probe = subprocess.run([sys.executable, "-c", "import operator; operator.eq; print(operator.__file__)"], cwd=ROOT, capture_output=True, text=True)
+    assert probe.returncode == 0 and str(ROOT) not in probe.stdout, probe.stderr
+    venv = subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "v")], cwd=ROOT, capture_output=True, text=True)
+    assert venv.returncode == 0, venv.stderr

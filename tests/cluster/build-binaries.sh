@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the binaries the e2e tests start: kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl (k8s.io/kubernetes with its staging modules pinned to the matching v0 versions, as projects
-# that import k8s.io/kubernetes do), etcd (a tiny main over etcdmain) and helm. Everything comes from
+# kubelet, kube-proxy, kubectl (k8s.io/kubernetes with its staging modules pinned to the matching v0 versions, as projects
+# that import k8s.io/kubernetes do), etcd (a tiny main over etcdmain), helm, and the node's container
+# runtime: containerd 2.x with its runc shim and ctr (Debian's containerd 1.6 is too old for kubelet). Everything comes from
 # the Go module proxy; results are cached outside the checkout, keyed by version, so a warm machine
 # skips the build. Prints the bin directory on stdout; progress goes to stderr.
 set -euo pipefail
@@ -9,12 +10,14 @@ set -euo pipefail
 K8S_VERSION="${K8S_VERSION:-1.37.2}"
 ETCD_VERSION="${ETCD_VERSION:-3.6.16}"
 HELM_VERSION="${HELM_VERSION:-3.22.0}"
+CONTAINERD_VERSION="${CONTAINERD_VERSION:-2.4.2}"
 CACHE="${ABTEST_CACHE:-$HOME/.cache/abtest}"
 BIN="$CACHE/k8s-v${K8S_VERSION}-etcd-v${ETCD_VERSION}/bin"
-K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
+CONTAINERD_CMDS=(containerd containerd-shim-runc-v2 ctr)
 
 missing() { for b in "$@"; do [ -x "$BIN/$b" ] || return 0; done; return 1; }
-if ! missing "${K8S_CMDS[@]}" etcd "helm-v${HELM_VERSION}"; then echo "$BIN"; exit 0; fi
+if ! missing "${K8S_CMDS[@]}" etcd "helm-v${HELM_VERSION}" "${CONTAINERD_CMDS[@]/%/-v${CONTAINERD_VERSION}}"; then echo "$BIN"; exit 0; fi
 
 mkdir -p "$BIN"
 WORK="$(mktemp -d "$CACHE/build-XXXXXX")"
@@ -71,6 +74,23 @@ if missing "helm-v${HELM_VERSION}"; then
     "-X helm.sh/helm/v3/internal/version.version=v${HELM_VERSION}" \
     '//go:build tools\n\npackage tools\n\nimport _ "helm.sh/helm/v3/cmd/helm"\n'
   ln -sf "helm-v${HELM_VERSION}" "$BIN/helm"
+fi
+
+if missing "${CONTAINERD_CMDS[@]/%/-v${CONTAINERD_VERSION}}"; then
+  # No cgo: the snapshotters that need C libraries are left out (the node uses overlayfs).
+  mkdir -p "$WORK/containerd" && cd "$WORK/containerd"
+  go mod init abtest.dev/containerd >/dev/null 2>&1
+  printf '//go:build tools\n\npackage tools\n\nimport _ "github.com/containerd/containerd/v2/cmd/containerd"\n' > tools.go
+  go get "github.com/containerd/containerd/v2@v${CONTAINERD_VERSION}" >&2
+  go mod tidy >&2
+  for cmd in "${CONTAINERD_CMDS[@]}"; do
+    echo "building $cmd" >&2
+    go build -trimpath -tags "no_btrfs no_devmapper no_zfs" \
+      -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=v${CONTAINERD_VERSION}" \
+      -o "$WORK/$cmd.bin" "github.com/containerd/containerd/v2/cmd/$cmd"
+    mv "$WORK/$cmd.bin" "$BIN/$cmd-v${CONTAINERD_VERSION}"
+    ln -sf "$cmd-v${CONTAINERD_VERSION}" "$BIN/$cmd"
+  done
 fi
 
 echo "built in $(( $(date +%s) - start ))s" >&2

@@ -21,6 +21,8 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 ADMIN_TOKEN = "abtest-e2e-admin-token"
+NODE_TOKEN = "abtest-e2e-node-token"  # the kubelet: system:node:<name> in system:nodes (Node authorizer)
+PROXY_TOKEN = "abtest-e2e-proxy-token"  # kube-proxy: system:kube-proxy (bound to system:node-proxier)
 
 
 def free_port() -> int:
@@ -41,18 +43,24 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def make_pki(pki: Path) -> None:
-    """A CA, the apiserver's serving certificate (loopback and in-cluster names), and service-account keys."""
+def make_pki(pki: Path, address: str) -> None:
+    """A CA, the apiserver's serving certificate (its address, the Service IP, in-cluster names), its
+    client certificate for kubelets (logs, exec), and service-account keys."""
     pki.mkdir(parents=True, exist_ok=True)
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
              "-subj", "/CN=abtest-e2e-ca", cwd=pki)
     (pki / "san.cnf").write_text(
         "[req]\ndistinguished_name=dn\n[dn]\n[ext]\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
-        "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,"
+        f"extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,IP:{address},IP:10.0.0.1,DNS:localhost,DNS:kubernetes,"
         "DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n")
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "apiserver.key", "-out", "apiserver.csr", "-subj", "/CN=kube-apiserver", cwd=pki)
     _openssl("x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "apiserver.crt",
              "-days", "2", "-extfile", "san.cnf", "-extensions", "ext", cwd=pki)
+    (pki / "client.cnf").write_text("[ext]\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n")
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "kubelet-client.key", "-out", "kubelet-client.csr",
+             "-subj", "/O=system:masters/CN=kube-apiserver-kubelet-client", cwd=pki)
+    _openssl("x509", "-req", "-in", "kubelet-client.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "kubelet-client.crt",
+             "-days", "2", "-extfile", "client.cnf", "-extensions", "ext", cwd=pki)
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
 
@@ -72,14 +80,18 @@ def kubeconfig(server: str, ca: Path, token: str, user: str = "admin") -> dict:
 class ControlPlane:
     root: Path
     bin: Path
+    address: str = "127.0.0.1"  # where the API server listens and what it advertises (the node's bridge for pods)
     apiserver_args: list[str] = field(default_factory=list)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     port: int = 0
     etcd_port: int = 0
+    node_token: str = NODE_TOKEN
+    proxy_token: str = PROXY_TOKEN
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per start-up step, for docs/testing.md
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"https://{self.address}:{self.port}"
 
     @property
     def admin_kubeconfig(self) -> Path:
@@ -96,9 +108,13 @@ class ControlPlane:
 
     def start(self) -> ControlPlane:
         pki = self.root / "pki"
-        make_pki(pki)
+        make_pki(pki, self.address)
         self.port, self.etcd_port, peer = free_port(), free_port(), free_port()
-        (self.root / "tokens.csv").write_text(f"{ADMIN_TOKEN},admin,admin-uid,system:masters\n")
+        from cluster.node import NODE_NAME
+
+        (self.root / "tokens.csv").write_text(f"{ADMIN_TOKEN},admin,admin-uid,system:masters\n"
+                                              f'{NODE_TOKEN},system:node:{NODE_NAME},node-uid,"system:nodes"\n'
+                                              f"{PROXY_TOKEN},system:kube-proxy,proxy-uid\n")
         self.admin_kubeconfig.write_text(yaml.safe_dump(kubeconfig(self.server, self.ca, ADMIN_TOKEN)))
         self._start("etcd", [
             "--name", "e2e", "--data-dir", str(self.root / "etcd"),
@@ -107,9 +123,11 @@ class ControlPlane:
             "--initial-cluster", f"e2e=http://127.0.0.1:{peer}", "--unsafe-no-fsync", "--log-level", "warn",
         ])
         self._start("kube-apiserver", [
-            f"--etcd-servers=http://127.0.0.1:{self.etcd_port}", "--bind-address=127.0.0.1", f"--secure-port={self.port}",
-            "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none", f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
-            f"--client-ca-file={pki / 'ca.crt'}", f"--token-auth-file={self.root / 'tokens.csv'}", "--authorization-mode=RBAC",
+            f"--etcd-servers=http://127.0.0.1:{self.etcd_port}", f"--bind-address={self.address}", f"--secure-port={self.port}",
+            f"--advertise-address={self.address}", f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}", f"--token-auth-file={self.root / 'tokens.csv'}", "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction", f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'kubelet-client.key'}", "--kubelet-preferred-address-types=InternalIP",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local", f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}", "--service-cluster-ip-range=10.0.0.0/24",
             "--allow-privileged=false", "--profiling=false", "--enable-priority-and-fairness=false", *self.apiserver_args,
@@ -119,8 +137,10 @@ class ControlPlane:
         self._start("kube-controller-manager", [
             *common, f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
             "--use-service-account-credentials=true",
-            # job, garbage collector, service accounts and their tokens, namespaces, PV binding, and the CA publisher
-            "--controllers=job,garbage-collector-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller,"
+            # Jobs, Deployments (the operator), EndpointSlices, node lifecycle (lifts the not-ready taint), garbage collector, service accounts and their
+            # tokens, namespaces, PV binding, the CA publisher and the TTL-after-finished controller
+            "--controllers=job,deployment-controller,replicaset-controller,endpointslice-controller,endpointslice-mirroring-controller,"
+            "node-lifecycle-controller,garbage-collector-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller,"
             "persistentvolume-binder-controller,root-ca-certificate-publisher-controller,ttl-after-finished-controller",
         ])
         self._start("kube-scheduler", [f"--kubeconfig={self.admin_kubeconfig}", "--leader-elect=false", "--bind-address=127.0.0.1",

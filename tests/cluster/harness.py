@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import yaml
@@ -21,54 +22,121 @@ from kubernetes import client
 from cluster.controlplane import ControlPlane, free_port
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-IMAGE = "localhost/abtest/evaluator:e2e"
+RELEASE = "abtest"
 RELEASE_NS = "abtest-system"
+OPERATOR_SELECTOR = f"app.kubernetes.io/name=abtest-operator,app.kubernetes.io/instance={RELEASE}"
+
+
+def build_images(*targets: str) -> dict[str, tuple[str, Path]]:
+    """The project's images, built from the Dockerfile by hack/build-images.sh (cached by input hash):
+    target -> (reference, OCI archive); always includes the node's pause image."""
+    out = subprocess.run(["bash", str(ROOT / "hack" / "build-images.sh"), *targets], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"building the images failed:\n{out.stderr[-4000:]}")
+    images = {}
+    for line in out.stdout.splitlines():
+        target, ref, archive = line.split(" ", 2)
+        images[target] = (ref, Path(archive))
+    return images
 
 
 def helm_template(binaries: Path, *sets: str) -> list[dict]:
-    out = subprocess.run([str(binaries / "helm"), "template", "abtest", str(ROOT / "charts" / "abtest-operator"), "--namespace", RELEASE_NS, "--kube-version", "1.37.2",
+    out = subprocess.run([str(binaries / "helm"), "template", RELEASE, str(ROOT / "charts" / "abtest-operator"), "--namespace", RELEASE_NS, "--kube-version", "1.37.2",
                           *itertools.chain.from_iterable(("--set", s) for s in sets)], capture_output=True, text=True, check=True)
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
 class Operator:
-    """`abtest operator` as a process with the chart's ServiceAccount and RBAC."""
+    """The operator as users run it: `helm install` of charts/abtest-operator, its image on the node,
+    the chart's ServiceAccount and RBAC."""
 
-    def __init__(self, cluster: ControlPlane, kubeconfig_path: Path, log_dir: Path, env: dict | None = None):
-        self.cluster, self.kubeconfig, self.log_dir, self.extra_env = cluster, kubeconfig_path, log_dir, env or {}
-        self.metrics_port = free_port()
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
+    def __init__(self, cluster: ControlPlane, binaries: Path, images: dict, values: dict | None = None):
+        self.cluster, self.binaries = cluster, binaries
+        operator_ref, evaluator_ref = images["operator"][0], images["evaluator-cpu"][0]
+        self.values = {
+            "crds.enabled": "false",  # the tests apply crds/ themselves: the single source
+            "operator.image.repository": operator_ref.rsplit(":", 1)[0], "operator.image.tag": operator_ref.rsplit(":", 1)[1],
+            "operator.image.pullPolicy": "Never", "operator.maxWorkers": "4",
+            "evaluator.image.repository": evaluator_ref.rsplit(":", 1)[0], "evaluator.image.tag": evaluator_ref.rsplit(":", 1)[1],
+            "evaluator.image.pullPolicy": "Never", **(values or {}),
+        }
+        self.image = operator_ref
+        self.evaluator_image = evaluator_ref
+        self.metrics_port = 8080
 
-    def start(self) -> None:
-        self.starts += 1
-        log = open(self.log_dir / f"operator-{self.starts}.log", "w")
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "ABTEST_EVALUATOR_IMAGE": IMAGE, "ABTEST_MAX_WORKERS": "4", **self.extra_env}
-        self.proc = subprocess.Popen([sys.executable, "-m", "abtest_operator.cli", "operator", "--metrics-port", str(self.metrics_port),
-                                      "--health-port", str(free_port())], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        ControlPlane.wait_for(self._healthy, 60, "the operator's /metrics")
+    def install(self) -> None:
+        helm = [str(self.binaries / "helm"), "--kubeconfig", str(self.cluster.admin_kubeconfig)]
+        sets = list(itertools.chain.from_iterable(("--set", f"{k}={v}") for k, v in self.values.items()))
+        out = subprocess.run([*helm, "install", RELEASE, str(ROOT / "charts" / "abtest-operator"), "-n", RELEASE_NS, "--create-namespace",
+                              *sets, "--wait", "--timeout", "3m"], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"helm install failed: {out.stderr}\n{self.describe()}")
+        self.sa = next(d for d in helm_template(self.binaries, *(f"{k}={v}" for k, v in self.values.items()))
+                       if d["kind"] == "ServiceAccount")["metadata"]["name"]
+        self.deployment = f"{RELEASE}-abtest-operator"
+        ControlPlane.wait_for(self._healthy, 120, "the operator's /metrics")
+
+    def pod(self) -> dict:
+        """The operator's live pod (not one that is terminating)."""
+        pods = json.loads(self.cluster.kubectl("get", "pods", "-n", RELEASE_NS, "-l", OPERATOR_SELECTOR, "-o", "json").stdout)["items"]
+        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        if len(live) != 1:
+            raise LookupError(f"expected one operator pod, found {[p['metadata']['name'] for p in live]}")
+        return live[0]
 
     def _healthy(self) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"operator exited {self.proc.returncode}:\n{self.log()}")
         try:
             return "abtest_abtests" in self.metrics()
-        except OSError:
+        except (OSError, LookupError, KeyError):
             return False
 
     def metrics(self) -> str:
         import urllib.request
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as resp:
+        ip = self.pod()["status"]["podIP"]
+        with urllib.request.urlopen(f"http://{ip}:{self.metrics_port}/metrics", timeout=2) as resp:
             return resp.read().decode()
 
-    def kill(self, sig=signal.SIGKILL) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            self.proc.wait(timeout=30)
+    def _container_id(self) -> str:
+        (status,) = self.pod()["status"]["containerStatuses"]
+        return status["containerID"]
+
+    def freeze(self) -> None:
+        """SIGSTOP: the operator stops mid-whatever, runs no cleanup, and nothing restarts it."""
+        os.kill(self.cluster.node.container_pid(self._container_id()), signal.SIGSTOP)
+
+    def kill(self) -> None:
+        """SIGKILL of the operator's process (frozen or not); the kubelet restarts the container."""
+        pod = self.pod()
+        restarts = pod["status"]["containerStatuses"][0]["restartCount"]
+        os.kill(self.cluster.node.container_pid(self._container_id()), signal.SIGKILL)
+
+        def restarted():
+            status = self.pod()["status"]["containerStatuses"][0]
+            return status["restartCount"] > restarts and status.get("ready", False) is not None and self._healthy()
+        ControlPlane.wait_for(restarted, 120, "the kubelet to restart the operator", interval=0.5)
+
+    def crash(self) -> None:
+        """The operator dies without a goodbye and stays down: SIGSTOP (no handler or cleanup runs), then
+        the Deployment goes to zero replicas, so the kubelet SIGKILLs the frozen process for good."""
+        self.freeze()
+        self.cluster.kubectl("scale", "deployment", self.deployment, "-n", RELEASE_NS, "--replicas=0")
+
+    def start(self) -> None:
+        """Back to one replica (after crash()); returns once the new pod serves /metrics."""
+        self.cluster.kubectl("scale", "deployment", self.deployment, "-n", RELEASE_NS, "--replicas=1")
+        ControlPlane.wait_for(self._healthy, 180, "the operator's new pod", interval=0.5)
+
+    def uninstall(self) -> None:
+        subprocess.run([str(self.binaries / "helm"), "--kubeconfig", str(self.cluster.admin_kubeconfig), "uninstall", RELEASE, "-n", RELEASE_NS,
+                        "--wait", "--timeout", "60s"], capture_output=True, text=True)
 
     def log(self) -> str:
-        return (self.log_dir / f"operator-{self.starts}.log").read_text(errors="replace")[-6000:]
+        out = self.cluster.kubectl("logs", "-n", RELEASE_NS, "-l", OPERATOR_SELECTOR, "--tail=300", check=False)
+        return (out.stdout + out.stderr)[-6000:]
+
+    def describe(self) -> str:
+        return self.cluster.kubectl("describe", "pods", "-n", RELEASE_NS, check=False).stdout[-4000:]
 
 
 _ns_counter = itertools.count()
@@ -77,6 +145,8 @@ _ns_counter = itertools.count()
 def host_volume(cluster: ControlPlane, namespace: str, claim: str, path: Path, read_only: bool = False) -> None:
     """A hostPath PersistentVolume pre-bound to NAMESPACE/CLAIM (the test node's storage)."""
     path.mkdir(parents=True, exist_ok=True)
+    if not read_only:
+        path.chmod(0o1777)  # the pods run as UID 65532; a hostPath volume keeps the host's modes
     pv_name = f"{namespace}-{claim}"
     pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv_name},
           "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteMany", "ReadOnlyMany"], "persistentVolumeReclaimPolicy": "Retain",
@@ -101,24 +171,26 @@ def make_namespace(cluster: ControlPlane, models_dir: Path, label: str):
 
 
 class Prometheus:
-    """Debian's prometheus on loopback, scraping the operator and the evaluator pods.
+    """Debian's prometheus on loopback, scraping the operator's and the evaluators' pods on their pod IPs.
 
     Debian builds Prometheus without kubernetes_sd, so a small thread stands in for it: it lists the
-    pods annotated prometheus.io/scrape (what the PodMonitor selects) and writes them as file_sd targets.
+    running pods annotated prometheus.io/scrape (what the PodMonitor selects) and writes them as
+    file_sd targets, the operator's pod in one job and the evaluators' in another.
     """
 
-    def __init__(self, root: Path, cluster: ControlPlane, operator_port: int):
+    def __init__(self, root: Path, cluster: ControlPlane):
         self.port = free_port()
         self.cluster = cluster
         root.mkdir(parents=True, exist_ok=True)
-        self.targets = root / "evaluators.json"
-        self.targets.write_text("[]")
+        self.targets = {job: root / f"{job}.json" for job in ("abtest-operator", "abtest-evaluators")}
+        for path in self.targets.values():
+            path.write_text("[]")
         cfg = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "scrape_configs": [
-                {"job_name": "abtest-operator", "static_configs": [{"targets": [f"127.0.0.1:{operator_port}"]}]},
+                {"job_name": "abtest-operator", "file_sd_configs": [{"files": [str(self.targets["abtest-operator"])], "refresh_interval": "1s"}]},
                 {"job_name": "abtest-evaluators", "honor_labels": True,
-                 "file_sd_configs": [{"files": [str(self.targets)], "refresh_interval": "1s"}]},
+                 "file_sd_configs": [{"files": [str(self.targets["abtest-evaluators"])], "refresh_interval": "1s"}]},
             ],
         }
         self._stop = threading.Event()
@@ -161,12 +233,16 @@ class Prometheus:
                 pods = core.list_pod_for_all_namespaces(field_selector="status.phase=Running").items
             except Exception:
                 continue
-            groups = [{"targets": [f"{p.status.pod_ip}:{p.metadata.annotations['prometheus.io/port']}"],
-                       "labels": {"pod": p.metadata.name}}
-                      for p in pods if (p.metadata.annotations or {}).get("prometheus.io/scrape") == "true" and p.status.pod_ip]
-            tmp = self.targets.with_suffix(".tmp")
-            tmp.write_text(json.dumps(groups))
-            tmp.replace(self.targets)
+            groups = {job: [] for job in self.targets}
+            for p in pods:
+                if (p.metadata.annotations or {}).get("prometheus.io/scrape") == "true" and p.status.pod_ip:
+                    job = "abtest-operator" if p.metadata.namespace == RELEASE_NS else "abtest-evaluators"
+                    groups[job].append({"targets": [f"{p.status.pod_ip}:{p.metadata.annotations['prometheus.io/port']}"],
+                                        "labels": {"pod": p.metadata.name}})
+            for job, path in self.targets.items():
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(groups[job]))
+                tmp.replace(path)
 
     def stop(self) -> None:
         self._stop.set()
@@ -175,33 +251,34 @@ class Prometheus:
             self.proc.wait(timeout=30)
 
 
-def start_cluster(cp: ControlPlane, rewrite=None) -> ControlPlane:
-    """Control plane, the ABTest CRD and the test node agent; ``cp.api`` is an admin client."""
+def start_cluster(cp: ControlPlane, images: dict) -> ControlPlane:
+    """Control plane, the ABTest CRD and the real node with ``images`` imported; ``cp.api`` is an admin client."""
     from kubernetes import config
 
-    from cluster.node_agent import NodeAgent
+    from cluster.node import Node, prepare_network
 
+    prepare_network()
+    started = time.monotonic()
     cp.start()
+    cp.timings["control plane"] = time.monotonic() - started
     cp.kubectl("apply", "-f", str(ROOT / "crds" / "abtest.yaml"))
     cp.kubectl("wait", "--for=condition=Established", "crd/abtests.abtest.dev", "--timeout=60s")
     cp.api = config.new_client_from_config(str(cp.admin_kubeconfig))
-    cp.agent = NodeAgent(cp.api, cp.root / "node", cp.port, cp.ca, Path(sys.executable).parent, rewrite=rewrite).start()
+    started = time.monotonic()
+    cp.node = Node(cp, images).start()
+    cp.timings["node"] = time.monotonic() - started
     return cp
 
 
-def start_operator(cluster: ControlPlane, binaries: Path, env: dict | None = None) -> Operator:
-    """Installs the chart's ServiceAccount and RBAC, then runs the operator with that identity's token."""
+def start_operator(cluster: ControlPlane, binaries: Path, images: dict, values: dict | None = None) -> Operator:
+    """`helm install` of the chart; also a kubeconfig with the operator's ServiceAccount token (op.kubeconfig)."""
     from cluster.controlplane import kubeconfig
 
-    cluster.kubectl("create", "namespace", RELEASE_NS)
-    docs = helm_template(binaries, "crds.enabled=false")
-    rbac = [d for d in docs if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")]
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(rbac))
-    sa = next(d for d in rbac if d["kind"] == "ServiceAccount")["metadata"]["name"]
-    token = cluster.kubectl("create", "token", sa, "-n", RELEASE_NS, "--duration=4h").stdout.strip()
-    path = cluster.root / "operator.kubeconfig"
-    path.write_text(yaml.safe_dump(kubeconfig(cluster.server, cluster.ca, token, user=f"system:serviceaccount:{RELEASE_NS}:{sa}")))
-    op = Operator(cluster, path, cluster.root, env)
-    op.sa = sa
-    op.start()
+    op = Operator(cluster, binaries, images, values)
+    started = time.monotonic()
+    op.install()
+    cluster.timings["operator install"] = time.monotonic() - started
+    token = cluster.kubectl("create", "token", op.sa, "-n", RELEASE_NS, "--duration=4h").stdout.strip()
+    op.kubeconfig = cluster.root / "operator.kubeconfig"
+    op.kubeconfig.write_text(yaml.safe_dump(kubeconfig(cluster.server, cluster.ca, token, user=f"system:serviceaccount:{RELEASE_NS}:{op.sa}")))
     return op

@@ -1,20 +1,21 @@
-"""E2E fixtures: a real control plane, the test node agent, the operator as it runs in a cluster.
+"""E2E fixtures: a real control plane, a real node (kubelet, containerd, runc, CNI, kube-proxy)
+running the project's images built from the Dockerfile, and the operator installed by `helm install`.
 
-The operator runs as a separate process authenticated with a ServiceAccount token and the Helm
-chart's RBAC (not admin). Every test namespace enforces Pod Security "restricted".
+The operator runs in its pod with the chart's ServiceAccount and RBAC (not admin). Every test
+namespace enforces Pod Security "restricted".
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
 
 from cluster.controlplane import ControlPlane, build_binaries
-from cluster.harness import Prometheus, make_namespace, start_cluster, start_operator
+from cluster.harness import Prometheus, build_images, make_namespace, start_cluster, start_operator
+from cluster.node import GATEWAY
 from helpers import CACHE
 
 pytestmark = pytest.mark.e2e
@@ -28,28 +29,34 @@ def binaries() -> Path:
 
 
 @pytest.fixture(scope="session")
-def cluster(binaries):
-    # Outside /tmp: pods get their own /tmp, and their volumes must stay reachable.
+def images() -> dict:
+    """operator, evaluator-cpu and the node's pause image: target -> (reference, OCI archive)."""
+    return build_images("operator", "evaluator-cpu")
+
+
+@pytest.fixture(scope="session")
+def cluster(binaries, images):
     root = Path(os.environ.get("ABTEST_E2E_DIR", CACHE / "e2e")) / f"run-{os.getpid()}"
     root.mkdir(parents=True, exist_ok=True)
-    cp = ControlPlane(root, binaries)
+    cp = ControlPlane(root, binaries, address=GATEWAY)
     try:
-        start_cluster(cp)
+        start_cluster(cp, images)
         yield cp
     finally:
-        if getattr(cp, "agent", None):
-            cp.agent.stop()
+        if getattr(cp, "node", None):
+            cp.node.stop()
         cp.stop()
+        print("e2e start-up (s):", {k: round(v, 1) for k, v in cp.timings.items()})
         if os.environ.get("ABTEST_E2E_KEEP") is None:
             shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def operator(cluster, binaries):
-    """The operator with the chart's ServiceAccount and RBAC (token-authenticated, not admin)."""
-    op = start_operator(cluster, binaries)
+def operator(cluster, binaries, images):
+    """The operator installed by the chart, running from its image with the chart's ServiceAccount."""
+    op = start_operator(cluster, binaries, images)
     yield op
-    op.kill(signal.SIGTERM)
+    op.uninstall()
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +86,6 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture(scope="session")
 def prometheus(cluster, operator):
-    prom = Prometheus(cluster.root / "prometheus", cluster, operator.metrics_port)
+    prom = Prometheus(cluster.root / "prometheus", cluster)
     yield prom
     prom.stop()

@@ -87,7 +87,7 @@ def test_operator_killed_mid_run_resumes_without_duplicates(cluster, namespace, 
     name = manifest["metadata"]["name"]
     apply(cluster, manifest)
     wait_phase(cluster, namespace.name, name, ("Running",), timeout=120)
-    operator.kill()  # SIGKILL: no cleanup, no goodbye
+    operator.crash()  # frozen, then SIGKILLed: no cleanup, no goodbye
     try:
         cluster.wait_for(lambda: all((j.get("status") or {}).get("succeeded") for j in jobs(cluster, namespace.name)), 180,
                          "the model Jobs to finish while the operator is down", interval=1)

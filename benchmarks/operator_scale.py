@@ -2,7 +2,9 @@
 
     python benchmarks/operator_scale.py [--abtests 50]
 
-Measures, with a fast stand-in evaluator (benchmarks/fake_evaluator.py) and the real analysis:
+Runs on the e2e tier's real node (kubelet, containerd, the project's images) with the operator
+installed by the chart; each ABTest evaluates two tiny random-weight models on 32 digits samples,
+so the pods are short and the operator's work dominates. Measures:
 - time from apply to all of an ABTest's model Jobs created (p50/p95), and to Succeeded;
 - API requests per ABTest lifecycle made by the operator's identity (from the API server's audit log),
   and by every client together (apiserver_request_total);
@@ -25,15 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from cluster.controlplane import ControlPlane, build_binaries  # noqa: E402
-from cluster.harness import make_namespace, start_cluster, start_operator  # noqa: E402
+from cluster.harness import build_images, make_namespace, start_cluster, start_operator  # noqa: E402
+from cluster.node import GATEWAY  # noqa: E402
 
 AUDIT_POLICY = "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n  - level: Metadata\n"
-
-
-def fast_evaluator(argv: list[str]) -> list[str]:
-    if argv[:2] == ["abtest", "evaluate"]:
-        return [sys.executable, str(ROOT / "benchmarks" / "fake_evaluator.py"), *argv[2:]]
-    return argv
 
 
 def requests_total(cp: ControlPlane) -> float:
@@ -46,7 +43,7 @@ def requests_total(cp: ControlPlane) -> float:
 
 def abtest(name: str, namespace: str) -> dict:
     return {"apiVersion": "abtest.dev/v1alpha1", "kind": "ABTest", "metadata": {"name": name, "namespace": namespace},
-            "spec": {"device": "cpu", "dataset": {"name": "digits"},
+            "spec": {"device": "cpu", "dataset": {"name": "digits", "limit": 32}, "workers": 0,
                      "models": [{"name": "a", "architecture": "timm/resnet10t"}, {"name": "b", "architecture": "timm/test_vit"}]}}
 
 
@@ -57,11 +54,12 @@ def main() -> None:
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="operator-scale-", dir=Path.home() / ".cache" / "abtest"))
     (root / "audit-policy.yaml").write_text(AUDIT_POLICY)
-    cp = ControlPlane(root, build_binaries(), apiserver_args=[f"--audit-policy-file={root / 'audit-policy.yaml'}",
+    images = build_images("operator", "evaluator-cpu")
+    cp = ControlPlane(root, build_binaries(), address=GATEWAY, apiserver_args=[f"--audit-policy-file={root / 'audit-policy.yaml'}",
                                                                f"--audit-log-path={root / 'audit.log'}", "--audit-log-maxsize=1000"])
     try:
-        start_cluster(cp, rewrite=fast_evaluator)
-        operator = start_operator(cp, cp.bin)
+        start_cluster(cp, images)
+        operator = start_operator(cp, cp.bin, images)
         ns = make_namespace(cp, root / "models", "scale")
         user = f"system:serviceaccount:abtest-system:{operator.sa}"
         before_all = requests_total(cp)
@@ -87,7 +85,8 @@ def main() -> None:
                 if phase in ("Succeeded", "Failed") and item["metadata"]["name"] not in succeeded:
                     succeeded[item["metadata"]["name"]] = (time.time(), phase)
             time.sleep(0.5)
-        rss_kib = int(next(line.split()[1] for line in Path(f"/proc/{operator.proc.pid}/status").read_text().splitlines()
+        operator_pid = cp.node.container_pid(operator.pod()["status"]["containerStatuses"][0]["containerID"])
+        rss_kib = int(next(line.split()[1] for line in Path(f"/proc/{operator_pid}/status").read_text().splitlines()
                            if line.startswith("VmHWM")))
         total_requests = requests_total(cp) - before_all
         with open(root / "audit.log") as fh:
@@ -110,16 +109,16 @@ def main() -> None:
         def pct(values, q):
             return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else (values[0] if values else float("nan"))
 
-        print(f"{args.abtests} ABTests x 2 models applied at once; fast evaluator, real analysis; operator with 4 workers")
+        print(f"{args.abtests} ABTests x 2 models applied at once; real evaluator pods on 32 samples, real analysis; operator with 4 workers")
         print(f"apply -> both model Jobs created: p50 {pct(create_lat, 50):.2f} s, p95 {pct(create_lat, 95):.2f} s, max {max(create_lat):.2f} s ({len(create_lat)} ABTests)")
         print(f"apply -> Succeeded:               p50 {pct(done_lat, 50):.1f} s, p95 {pct(done_lat, 95):.1f} s ({len(done_lat)} finished, {len(failed)} failed)")
         print(f"API requests by the operator: {len(by_operator)} = {len(by_operator) / args.abtests:.1f} per ABTest lifecycle")
         print("  " + ", ".join(f"{k}: {v / args.abtests:.1f}" for k, v in sorted(verbs.items(), key=lambda kv: -kv[1])[:10]))
         print(f"API requests by every client (apiserver_request_total): {total_requests:.0f} = {total_requests / args.abtests:.1f} per ABTest")
         print(f"operator peak RSS: {rss_kib / 1024:.0f} MiB")
-        operator.kill()
-        cp.agent.stop()
     finally:
+        if getattr(cp, "node", None):
+            cp.node.stop()
         cp.stop()
         if not os.environ.get("ABTEST_KEEP"):
             shutil.rmtree(root, ignore_errors=True)

@@ -6,6 +6,7 @@ here sees exactly the transform that ``abtest evaluate`` applies.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -60,6 +61,10 @@ def train_digits(architecture: str, out: str | Path, *, in_chans: int = 3, input
         save_file(state, str(tmp))
     else:
         torch.save(state, tmp)
+    # safetensors writes 0600; a checkpoint is read by evaluator pods running as another user (65532)
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o666 & ~umask)
     tmp.replace(out)
     with torch.inference_mode():
         train_acc = float((model(images).argmax(-1) == labels).float().mean())

@@ -89,12 +89,15 @@ for target in "${targets[@]}"; do
   if [ ! -f "$archive" ]; then
     log "building $target as $ref"
     start=$(date +%s)
-    buildah build --isolation chroot --layers --target "$target" -t "$ref" \
+    buildah build --isolation chroot --target "$target" -t "$ref" \
       --build-arg "PYTHON_IMAGE=$BASE_REF" --build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL" --build-arg "PIP_CERT=/etc/abtest-build-ca.crt" \
       --build-arg PIP_CACHE_DIR=/var/cache/abtest-pip --volume "$CACHE/pip:/var/cache/abtest-pip" \
       --volume "$PIP_CERT:/etc/abtest-build-ca.crt:ro" -f "$ROOT/Dockerfile" "$ROOT" >&2
     buildah push --quiet "$ref" "oci-archive:$archive.tmp:$ref" >&2
+    find "$CACHE" -maxdepth 1 -name "$target-????????????.oci.tar" ! -name "$(basename "$archive")" -delete   # older keys
     mv "$archive.tmp" "$archive"
+    buildah rmi "$ref" >/dev/null 2>&1 || true   # the archive is the cache; keep buildah's store small
+    buildah rmi --prune >/dev/null 2>&1 || true
     log "$target built in $(( $(date +%s) - start ))s, $(du -m "$archive" | cut -f1) MB archive"
   fi
   echo "$target $ref $archive"

@@ -18,4 +18,7 @@ case "$target" in
     "${pip[@]}" --index-url "$torch_index" "${extra[@]}" "$src[evaluator]" ;;
   *) echo "unknown target $target (operator, evaluator, evaluator-cpu)" >&2; exit 2 ;;
 esac
+# An image never runs pip, and nothing here uses the kubernetes client's async twin (kubernetes.aio, 68 MB).
+"$venv/bin/pip" uninstall -q -y pip setuptools wheel >/dev/null 2>&1 || true
+rm -rf "$venv"/lib/python3*/site-packages/kubernetes/aio
 "$venv/bin/abtest" --help >/dev/null

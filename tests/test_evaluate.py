@@ -313,3 +313,9 @@ def test_pushgateway_receives_the_final_values(tmp_path, trained_models):
     finally:
         gateway.terminate()
         gateway.wait(timeout=10)
+
+
+def test_trained_checkpoints_are_readable_by_other_users(trained_models):
+    """Evaluator pods run as UID 65532: a checkpoint the user trained must not be owner-only (safetensors writes 0600)."""
+    for path in trained_models.values():
+        assert path.stat().st_mode & 0o044 == 0o044, f"{path.name} is {oct(path.stat().st_mode & 0o777)}"

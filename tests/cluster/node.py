@@ -229,7 +229,7 @@ state = "{state / 'state'}"
         for name in ("kube-proxy", "kubelet"):
             self._stop(name)
         # The runc shims outlive containerd by design; stop them so their mounts can go.
-        sh("pkill", "-KILL", "-f", f"containerd-shim-runc-v2 .*-address {self.sock}", check=False)
+        sh("pkill", "-KILL", "-f", f"containerd-shim-runc-v2.* -address {self.sock}", check=False)
         self._stop("containerd")
         self._cleanup_mounts()
 

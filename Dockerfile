@@ -11,8 +11,6 @@ ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 # Optional, for pip behind a TLS-inspecting proxy: the path of a CA bundle mounted into the build.
 ARG PIP_CERT
-# Optional: a pip cache folder mounted into the build, so rebuilds do not download torch again.
-ARG PIP_CACHE_DIR
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
@@ -24,15 +22,15 @@ COPY crds/ crds/
 COPY hack/image-install.sh hack/
 
 FROM build AS build-operator
-ARG TORCH_INDEX_URL PIP_CERT PIP_CACHE_DIR
+ARG TORCH_INDEX_URL PIP_CERT
 RUN bash hack/image-install.sh operator /opt/abtest /src
 
 FROM build AS build-evaluator
-ARG TORCH_INDEX_URL PIP_CERT PIP_CACHE_DIR
+ARG TORCH_INDEX_URL PIP_CERT
 RUN bash hack/image-install.sh evaluator /opt/abtest /src
 
 FROM build AS build-evaluator-cpu
-ARG TORCH_INDEX_URL PIP_CERT PIP_CACHE_DIR
+ARG TORCH_INDEX_URL PIP_CERT
 RUN bash hack/image-install.sh evaluator-cpu /opt/abtest /src
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -24,7 +24,7 @@ TORCH_INDEX_URL="${TORCH_INDEX_URL:-https://pypi.org/simple}"
 PIP_CERT="${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}"
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(operator evaluator-cpu)
-mkdir -p "$CACHE/pip"
+mkdir -p "$CACHE"
 log() { echo "build-images: $*" >&2; }
 
 for tool in buildah debootstrap; do
@@ -91,7 +91,6 @@ for target in "${targets[@]}"; do
     start=$(date +%s)
     buildah build --isolation chroot --target "$target" -t "$ref" \
       --build-arg "PYTHON_IMAGE=$BASE_REF" --build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL" --build-arg "PIP_CERT=/etc/abtest-build-ca.crt" \
-      --build-arg PIP_CACHE_DIR=/var/cache/abtest-pip --volume "$CACHE/pip:/var/cache/abtest-pip" \
       --volume "$PIP_CERT:/etc/abtest-build-ca.crt:ro" -f "$ROOT/Dockerfile" "$ROOT" >&2
     buildah push --quiet "$ref" "oci-archive:$archive.tmp:$ref" >&2
     find "$CACHE" -maxdepth 1 -name "$target-????????????.oci.tar" ! -name "$(basename "$archive")" -delete   # older keys

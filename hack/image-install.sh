@@ -6,9 +6,8 @@ set -euo pipefail
 target="$1" venv="$(realpath -m "$2")" src="$(realpath "${3:-$(dirname "$0")/..}")"
 cd /  # never run `python3 -m` from a source tree (its folders could shadow the standard library)
 python3 -m venv "$venv"
-cache=(--no-cache-dir); [ -z "${PIP_CACHE_DIR:-}" ] || cache=()   # a cache only when one is mounted in
-pip=("$venv/bin/pip" install "${cache[@]}" -q -c "$src/constraints.txt")
-"$venv/bin/pip" install "${cache[@]}" -q --upgrade pip
+pip=("$venv/bin/pip" install --no-cache-dir -q -c "$src/constraints.txt")
+"$venv/bin/pip" install --no-cache-dir -q --upgrade pip
 case "$target" in
   operator)      "${pip[@]}" "$src" ;;                                  # control plane only: no torch
   evaluator)     "${pip[@]}" "$src[evaluator]" ;;                       # CUDA torch from PyPI

@@ -258,3 +258,10 @@ def test_defaults_are_applied():
     spec = validate_manifest(manifest)["spec"]
     assert (spec["seed"], spec["batchSize"], spec["analysis"]["alpha"], spec["analysis"]["test"], spec["dataset"]["split"]) == (42, 64, 0.05, "auto", "test")
     assert copy.deepcopy(spec) == validate_manifest({**manifest, "spec": spec})["spec"]  # idempotent
+
+
+def test_terminal_phases_latch():
+    from abtest_operator.status import is_terminal
+
+    assert is_terminal({"phase": "Succeeded"}) and is_terminal({"phase": "Failed", "reason": "x"})
+    assert not any(is_terminal(s) for s in (None, {}, {"phase": "Pending"}, {"phase": "Running"}, {"phase": "Analyzing"}))

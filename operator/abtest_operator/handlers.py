@@ -161,6 +161,9 @@ def reconcile(memo: kopf.Memo, abtest: dict) -> dict:
     meta = abtest["metadata"]
     old = abtest.get("status") or {}
     metrics.reconciles.labels(meta["namespace"]).inc()
+    if status.is_terminal(old):  # nothing to observe, create or rewrite
+        metrics.observe(meta["namespace"], meta["name"], old)
+        return old
     try:
         spec = parse_abtest(abtest)
         operator_checks(spec)

@@ -105,6 +105,12 @@ def derive_status(spec: ABTestSpec, generation: int, model_jobs: dict[str, JobSt
     return status
 
 
+def is_terminal(status: dict | None) -> bool:
+    """Succeeded and Failed latch: once written, a verdict is never re-derived, even when the Jobs it was
+    derived from are gone (ttlSecondsAfterFinished, a person, a restore without Jobs)."""
+    return (status or {}).get("phase") in (SUCCEEDED, FAILED)
+
+
 def wanted_objects(spec: ABTestSpec, phase: str) -> tuple[bool, bool]:
     """(create model Jobs?, create the analysis?) for a derived phase."""
     return phase in (PENDING, RUNNING), phase == ANALYZING

@@ -163,3 +163,23 @@ def test_default_device_requests_a_gpu_and_falls_back_to_cpu(cluster, namespace)
     assert {p["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] for p in pods} == {"1"}
     metrics = json.loads((namespace.results / namespace.name / name / "resnet" / "metrics.json").read_text())
     assert metrics["device"]["type"] == "cpu" and metrics["gpu_memory"] is None
+
+
+def test_finished_abtest_stays_finished_when_its_jobs_are_deleted(cluster, namespace, operator):
+    """Jobs removed by hand (or by ttlSecondsAfterFinished) and an operator restart do not re-run a finished test."""
+    manifest = example_manifest("abtest-digits.yaml", namespace.name)
+    name = manifest["metadata"]["name"]
+    apply(cluster, manifest)
+    before = wait_phase(cluster, namespace.name, name, ("Succeeded",))["status"]
+    result_file = namespace.results / namespace.name / name / "result.json"
+    written = result_file.stat().st_mtime_ns
+    cluster.kubectl("delete", "jobs", "--all", "-n", namespace.name, "--wait=true")
+    operator.kill()  # and the resume pass after a restart
+    cluster.wait_for(lambda: "abtest_abtests" in operator.metrics(), 60, "the restarted operator")
+    import time
+
+    time.sleep(10)  # several event and resume passes
+    assert jobs(cluster, namespace.name) == []
+    after = get_abtest(cluster, namespace.name, name)["status"]
+    assert after["phase"] == "Succeeded" and after["result"] == before["result"]
+    assert result_file.stat().st_mtime_ns == written

@@ -2,14 +2,19 @@
 
 import json
 import tarfile
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from cluster.node import NODE_NAME
-from kube import apply, example_manifest, wait_phase
+from kube import apply, example_manifest, get_abtest, wait_phase
 
 pytestmark = pytest.mark.e2e
+
+
+def _ts(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def image_digests(archive: Path) -> set[str]:
@@ -57,6 +62,10 @@ def test_evaluator_pods_are_containers_from_the_evaluator_image(cluster, namespa
     status = wait_phase(cluster, namespace.name, manifest["metadata"]["name"], ("Succeeded", "Failed"))["status"]
     assert status["phase"] == "Succeeded", status
     pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace.name, "-o", "json").stdout)["items"]
+    created = get_abtest(cluster, namespace.name, manifest["metadata"]["name"])["metadata"]["creationTimestamp"]
+    first_start = min(p["status"]["containerStatuses"][0]["state"]["terminated"]["startedAt"] for p in pods)
+    cluster.timings["apply -> first evaluator container running"] = (_ts(first_start) - _ts(created)).total_seconds()
+    assert first_start >= created
     digests = image_digests(images["evaluator-cpu"][1])
     assert len(pods) == 3
     for pod in pods:

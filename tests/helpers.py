@@ -60,4 +60,5 @@ INVALID_SPECS = {
     "unknown field": lambda s: s.update(batchsize=32),
     "negative deadline": lambda s: s.update(activeDeadlineSeconds=-1),
     "mean/std": lambda s: s["models"][0].update(mean=[0.5], std=[0.5, 0.5]),
+    "reserved model name": lambda s: s["models"][1].update(name="analysis"),
 }

@@ -238,7 +238,15 @@ LOCAL_MESSAGES = {
     "unknown dataset": "spec.dataset.name", "dataset without path": "spec.dataset.path is required",
     "architecture": "spec.models[0].architecture", "gpus on cpu": "gpusPerModel must be 0", "unknown field": "batchsize",
     "negative deadline": "spec.activeDeadlineSeconds", "mean/std": "mean and std",
+    "reserved model name": "spec.models[1].name 'analysis' is reserved",
 }
+
+
+def test_long_names_are_rejected_locally():
+    manifest = example()
+    manifest["metadata"]["name"] = "n" * 64
+    with pytest.raises(UserError, match="metadata.name must be at most 63 characters"):
+        validate_manifest(manifest)
 
 
 @pytest.mark.parametrize("case", sorted(INVALID_SPECS))
@@ -265,3 +273,24 @@ def test_terminal_phases_latch():
 
     assert is_terminal({"phase": "Succeeded"}) and is_terminal({"phase": "Failed", "reason": "x"})
     assert not any(is_terminal(s) for s in (None, {}, {"phase": "Pending"}, {"phase": "Running"}, {"phase": "Analyzing"}))
+
+
+def test_already_exists_counts_as_created_only_for_our_own_objects():
+    from types import SimpleNamespace
+
+    from kubernetes.client.exceptions import ApiException
+
+    from abtest_operator.errors import NameConflict
+    from abtest_operator.handlers import create_if_missing
+
+    def exists(namespace, body):
+        raise ApiException(status=409, reason="AlreadyExists")
+
+    def read_owned_by(uid):
+        return lambda name, namespace: SimpleNamespace(metadata=SimpleNamespace(owner_references=[SimpleNamespace(uid=uid)]))
+
+    job = {"kind": "Job", "metadata": {"name": "a-b-c", "ownerReferences": [{"uid": "mine"}]}}
+    assert create_if_missing(lambda ns, body: None, "ns", job, read_owned_by("mine")) is True
+    assert create_if_missing(exists, "ns", job, read_owned_by("mine")) is False
+    with pytest.raises(NameConflict, match="Job ns/a-b-c already exists and belongs to something else"):
+        create_if_missing(exists, "ns", job, read_owned_by("theirs"))

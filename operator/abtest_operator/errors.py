@@ -8,3 +8,7 @@ class UserError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(message.split()))  # always one line
+
+
+class NameConflict(UserError):
+    """An object this ABTest must create exists already and belongs to something else."""

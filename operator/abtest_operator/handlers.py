@@ -16,7 +16,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from abtest_operator import manifests, status
-from abtest_operator.errors import UserError
+from abtest_operator.errors import NameConflict, UserError
 from abtest_operator.metrics import OperatorMetrics
 from abtest_operator.spec import KIND, ABTestSpec, parse_abtest
 
@@ -69,15 +69,23 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
         memo.metrics = OperatorMetrics()
 
 
-def create_if_missing(create, namespace: str, body: dict) -> bool:
-    """True when created; "already exists" is success too (deterministic names make creates idempotent)."""
+def create_if_missing(create, namespace: str, body: dict, read=None) -> bool:
+    """True when created. "Already exists" is success (deterministic names make creates idempotent), but only
+    when ``read`` (the matching read call) shows the existing object is owned by the same ABTest: a Job of
+    another ABTest under the same name is a collision, and fails this ABTest with the reason."""
     try:
         create(namespace, body)
         return True
     except ApiException as err:
-        if err.status == 409:
-            return False
-        raise
+        if err.status != 409:
+            raise
+    if read is not None:
+        owners = {ref.uid for ref in read(body["metadata"]["name"], namespace).metadata.owner_references or []}
+        mine = {ref["uid"] for ref in body["metadata"].get("ownerReferences", [])}
+        if not owners & mine:
+            raise NameConflict(f"{body['kind']} {namespace}/{body['metadata']['name']} already exists and belongs to something else "
+                            "(another ABTest whose name and model names join to the same name); rename this ABTest or its models")
+    return False
 
 
 def observe(clients: Clients, spec: ABTestSpec, uid: str) -> tuple[dict[str, status.JobState], status.JobState]:
@@ -125,7 +133,8 @@ def apply_wanted(clients: Clients, cfg: manifests.OperatorConfig, spec: ABTestSp
         if claim:
             create_if_missing(clients.core.create_namespaced_persistent_volume_claim, spec.namespace, claim)
         for job in manifests.model_jobs(spec, cfg, uid):
-            if job["metadata"]["labels"][manifests.LABEL_MODEL] in missing and create_if_missing(clients.batch.create_namespaced_job, spec.namespace, job):
+            if job["metadata"]["labels"][manifests.LABEL_MODEL] in missing and create_if_missing(
+                    clients.batch.create_namespaced_job, spec.namespace, job, clients.batch.read_namespaced_job):
                 created.append(job["metadata"]["name"])
     if make_analysis and analysis.phase == "Missing":
         sa, role, binding = manifests.build_analysis_rbac(spec, uid)
@@ -133,7 +142,7 @@ def apply_wanted(clients: Clients, cfg: manifests.OperatorConfig, spec: ABTestSp
         create_if_missing(clients.rbac.create_namespaced_role, spec.namespace, role)
         create_if_missing(clients.rbac.create_namespaced_role_binding, spec.namespace, binding)
         job = manifests.build_analysis_job(spec, cfg, uid)
-        if create_if_missing(clients.batch.create_namespaced_job, spec.namespace, job):
+        if create_if_missing(clients.batch.create_namespaced_job, spec.namespace, job, clients.batch.read_namespaced_job):
             created.append(job["metadata"]["name"])
     return created
 
@@ -167,16 +176,16 @@ def reconcile(memo: kopf.Memo, abtest: dict) -> dict:
     try:
         spec = parse_abtest(abtest)
         operator_checks(spec)
+        models, analysis = observe(clients, spec, meta["uid"])
+        new = status.derive_status(spec, meta.get("generation", 1), models, analysis, previous=old)
+        created = apply_wanted(clients, cfg, spec, meta["uid"], new["phase"], models, analysis)
     except UserError as err:
         failed = {"phase": status.FAILED, "reason": str(err), "observedGeneration": meta.get("generation", 1)}
         if old.get("reason") != failed["reason"]:
             patch_status(clients, meta["namespace"], meta["name"], failed)
-            kopf.warn(abtest, reason="InvalidSpec", message=str(err))
+            kopf.warn(abtest, reason="NameConflict" if isinstance(err, NameConflict) else "InvalidSpec", message=str(err))
         metrics.observe(meta["namespace"], meta["name"], failed)
         raise kopf.PermanentError(str(err)) from None
-    models, analysis = observe(clients, spec, meta["uid"])
-    new = status.derive_status(spec, meta.get("generation", 1), models, analysis, previous=old)
-    created = apply_wanted(clients, cfg, spec, meta["uid"], new["phase"], models, analysis)
     if any(new.get(k) != old.get(k) for k in new):
         patch_status(clients, spec.namespace, spec.name, new)
     announce(abtest, old, new, created)

@@ -120,6 +120,9 @@ def validate_manifest(manifest: dict) -> dict:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise UserError(f"ABTest is invalid: {_path(first)}: {first.message}{more}")
     check_rules(defaulted["spec"])
+    name = (defaulted.get("metadata") or {}).get("name") or ""
+    if len(name) > 63:
+        raise UserError("ABTest is invalid: metadata.name must be at most 63 characters (it labels every Job and pod of the ABTest)")
     return defaulted
 
 
@@ -135,6 +138,8 @@ def check_rules(spec: dict) -> None:
     if (dataset["name"] == "torchvision") != ("className" in dataset):
         raise UserError("ABTest is invalid: spec.dataset.className is required with name torchvision (e.g. MNIST) and not allowed otherwise")
     for i, model in enumerate(spec["models"]):
+        if model["name"] == "analysis":
+            raise UserError(f"ABTest is invalid: spec.models[{i}].name 'analysis' is reserved for the analysis Job; rename the model")
         if model.get("pretrained") and "checkpoint" in model:
             raise UserError(f"ABTest is invalid: spec.models[{i}]: set either pretrained or checkpoint on a model, not both")
         if "mean" in model and "std" in model and len(model["mean"]) != len(model["std"]):

@@ -128,6 +128,7 @@ class Node:
         # Extended resources are advertised through the node's status (kubernetes.io docs, "Advertise Extended Resources").
         self.cluster.kubectl("patch", "node", NODE_NAME, "--subresource=status", "--type=merge", "-p",
                              json.dumps({"status": {"capacity": EXTENDED_RESOURCES}}))
+        self.cluster.wait_for(self._advertises_extended_resources, 60, "the kubelet to make the extended resources allocatable", interval=0.5)
 
         proxy = self.root / "kube-proxy"
         proxy.mkdir(exist_ok=True)
@@ -196,6 +197,10 @@ state = "{state / 'state'}"
             return False
         conditions = {c["type"]: c["status"] for c in json.loads(out.stdout)["status"].get("conditions", [])}
         return conditions.get("Ready") == "True"
+
+    def _advertises_extended_resources(self) -> bool:
+        node = json.loads(self.cluster.kubectl("get", "node", NODE_NAME, "-o", "json").stdout)
+        return all(node["status"].get("allocatable", {}).get(k) == v for k, v in EXTENDED_RESOURCES.items())
 
     def _service_rules(self) -> bool:
         self.check_alive()

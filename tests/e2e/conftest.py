@@ -7,6 +7,7 @@ namespace enforces Pod Security "restricted".
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -46,7 +47,9 @@ def cluster(binaries, images):
         if getattr(cp, "node", None):
             cp.node.stop()
         cp.stop()
-        print("e2e start-up (s):", {k: round(v, 1) for k, v in cp.timings.items()})
+        timings = {k: round(v, 1) for k, v in cp.timings.items()}
+        print("e2e timings (s):", timings)
+        (root.parent / "last-timings.json").write_text(json.dumps(timings, indent=1))
         if os.environ.get("ABTEST_E2E_KEEP") is None:
             shutil.rmtree(root, ignore_errors=True)
 

@@ -183,3 +183,23 @@ def test_finished_abtest_stays_finished_when_its_jobs_are_deleted(cluster, names
     after = get_abtest(cluster, namespace.name, name)["status"]
     assert after["phase"] == "Succeeded" and after["result"] == before["result"]
     assert result_file.stat().st_mtime_ns == written
+
+
+def test_job_name_collision_across_abtests_fails_the_newcomer_only(cluster, namespace):
+    """ABTest "coll-b" with model "c" and ABTest "coll" with model "b-c" both need the Job "coll-b-c"."""
+    first = example_manifest("abtest-digits.yaml", namespace.name)
+    first["metadata"]["name"] = "coll-b"
+    first["spec"]["models"][0]["name"] = "c"
+    apply(cluster, first)
+    cluster.wait_for(lambda: any(j["metadata"]["name"] == "coll-b-c" for j in jobs(cluster, namespace.name)), 60, "the Job coll-b-c")
+    second = example_manifest("abtest-digits.yaml", namespace.name)
+    second["metadata"]["name"] = "coll"
+    second["spec"]["models"][0]["name"] = "b-c"
+    apply(cluster, second)
+    status = wait_phase(cluster, namespace.name, "coll", ("Failed", "Succeeded"), timeout=60)["status"]
+    assert status["phase"] == "Failed"
+    assert "coll-b-c already exists and belongs to something else" in status["reason"], status["reason"]
+    assert any(e["reason"] == "NameConflict" for e in events(cluster, namespace.name, "coll"))
+    assert wait_phase(cluster, namespace.name, "coll-b", ("Succeeded", "Failed"))["status"]["phase"] == "Succeeded"
+    owners = {j["metadata"]["name"]: j["metadata"]["ownerReferences"][0]["name"] for j in jobs(cluster, namespace.name)}
+    assert owners["coll-b-c"] == "coll-b" and "coll-analysis" not in owners

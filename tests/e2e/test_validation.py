@@ -18,6 +18,7 @@ API_MESSAGES = {
     "dataset without path": "spec.dataset.path is required", "architecture": "spec.models[0].architecture",
     "gpus on cpu": "spec.gpusPerModel must be 0", "unknown field": 'unknown field "spec.batchsize"',
     "negative deadline": "spec.activeDeadlineSeconds", "mean/std": "mean and std need the same number of values",
+    "reserved model name": "'analysis' is reserved for the analysis Job",
 }
 
 
@@ -57,3 +58,10 @@ def test_defaults_and_explain(cluster, namespace):
     assert (spec["seed"], spec["batchSize"], spec["analysis"]) == (42, 64, {"alpha": 0.05, "test": "auto"})
     explained = cluster.kubectl("explain", "abtest.spec.models").stdout
     assert "timm/NAME or torchvision/NAME" in explained and "numClasses" in explained
+
+
+def test_long_name_is_rejected_naming_the_limit(cluster, namespace):
+    manifest = example_manifest("abtest-digits.yaml", namespace.name)
+    manifest["metadata"]["name"] = "n" * 64
+    proc = cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest), check=False)
+    assert proc.returncode != 0 and "metadata.name must be at most 63 characters" in proc.stderr, proc.stderr

@@ -294,3 +294,42 @@ def test_already_exists_counts_as_created_only_for_our_own_objects():
     assert create_if_missing(exists, "ns", job, read_owned_by("mine")) is False
     with pytest.raises(NameConflict, match="Job ns/a-b-c already exists and belongs to something else"):
         create_if_missing(exists, "ns", job, read_owned_by("theirs"))
+
+
+# --- stalls: pods that can never start ----------------------------------------------------------
+
+@pytest.mark.parametrize("pod, cause", [
+    ({"status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                 "message": "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."}]}},
+     "unschedulable: 0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."),
+    ({"status": {"containerStatuses": [{"state": {"waiting": {"reason": "ErrImageNeverPull", "message": "image x not present"}}}]}},
+     "ErrImageNeverPull: image x not present"),
+    ({"status": {"containerStatuses": [{"state": {"waiting": {"reason": "ImagePullBackOff"}}}]}}, "ImagePullBackOff: the container cannot start"),
+    ({"status": {"containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}]}}, ""),  # still starting
+    ({"status": {"conditions": [{"type": "PodScheduled", "status": "True"}], "containerStatuses": [{"state": {"running": {}}}]}}, ""),
+    ({}, ""),
+])
+def test_pod_stall_names_causes_that_do_not_resolve(pod, cause):
+    assert status.pod_stall(pod) == cause
+
+
+def test_a_stall_is_a_condition_at_once_and_a_failure_after_the_timeout():
+    from dataclasses import replace
+
+    manifest = example()
+    manifest["spec"]["stallTimeoutSeconds"] = 60
+    spec = parse_abtest(manifest)
+    stuck = replace(job("Pending"), stall="unschedulable: 0/1 nodes are available")
+    first = status.derive_status(spec, 1, {"resnet": job("Running"), "vit": stuck}, job("Missing"), now=NOW)
+    conds = {c["type"]: c for c in first["conditions"]}
+    assert first["phase"] == "Running"
+    assert conds["Stalled"]["status"] == "True" and conds["Stalled"]["message"] == "model vit: unschedulable: 0/1 nodes are available"
+    later = status.derive_status(spec, 1, {"resnet": job("Running"), "vit": stuck}, job("Missing"), previous=first,
+                                 now=NOW.replace(second=59))
+    assert later["phase"] == "Running"
+    failed = status.derive_status(spec, 1, {"resnet": job("Running"), "vit": stuck}, job("Missing"), previous=later,
+                                  now=NOW.replace(minute=1))
+    assert failed["phase"] == "Failed"
+    assert failed["reason"] == "model vit stalled for 60s (spec.stallTimeoutSeconds 60): unschedulable: 0/1 nodes are available"
+    recovered = status.derive_status(spec, 1, {"resnet": job("Running"), "vit": job("Running")}, job("Missing"), previous=first, now=NOW)
+    assert {c["type"]: c["status"] for c in recovered["conditions"]}["Stalled"] == "False" and recovered["phase"] == "Running"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import kopf
 from kubernetes import client, config
@@ -92,16 +92,37 @@ def observe(clients: Clients, spec: ABTestSpec, uid: str) -> tuple[dict[str, sta
     jobs = clients.batch.list_namespaced_job(spec.namespace, label_selector=f"{manifests.LABEL_NAME}={spec.name}").items
     mine = {j.metadata.name: clients.batch.api_client.sanitize_for_serialization(j) for j in jobs
             if any(ref.uid == uid for ref in j.metadata.owner_references or [])}
+    pods: list[dict] | None = None  # listed at most once per pass, and only when a Job has pods that are not ready
+
+    def stall(name: str, job: dict) -> str:
+        nonlocal pods
+        if pods is None:
+            pods = [clients.core.api_client.sanitize_for_serialization(p) for p in
+                    clients.core.list_namespaced_pod(spec.namespace, label_selector=f"{manifests.LABEL_NAME}={spec.name}").items]
+        own = [p for p in pods if (p["metadata"].get("labels") or {}).get("job-name") == name]
+        cause = next((c for c in map(status.pod_stall, own) if c), "")
+        return cause or ("" if own else refused_pod_creation(clients, spec.namespace, name))
 
     def state(name: str) -> status.JobState:
         job = mine.get(name)
         observed = status.job_state(job)
         if observed.phase == "Failed":  # name the cause: the failed pod's termination message
             observed = status.job_state(job, failure_message(clients, spec.namespace, name))
+        elif observed.phase in ("Pending", "Running") and ((job.get("status") or {}).get("ready") or 0) < ((job.get("status") or {}).get("active") or 1):
+            observed = replace(observed, stall=stall(name, job))
         return observed
 
     models = {m.name: state(manifests.model_job_name(spec, m.name)) for m in spec.models}
     return models, state(manifests.analysis_job_name(spec))
+
+
+def refused_pod_creation(clients: Clients, namespace: str, job: str) -> str:
+    """Why the Job controller cannot create the Job's pod (admission, quota), from its FailedCreate Events."""
+    events = clients.core.list_namespaced_event(namespace, field_selector=f"involvedObject.kind=Job,involvedObject.name={job},reason=FailedCreate").items
+    if not events:
+        return ""
+    latest = max(events, key=lambda e: e.last_timestamp or e.event_time or e.metadata.creation_timestamp)
+    return f"pod creation refused: {(latest.message or '').strip()[:400]}"
 
 
 def failure_message(clients: Clients, namespace: str, job: str) -> str:
@@ -147,6 +168,17 @@ def apply_wanted(clients: Clients, cfg: manifests.OperatorConfig, spec: ABTestSp
     return created
 
 
+def suspend_unfinished(clients: Clients, spec: ABTestSpec, models: dict[str, status.JobState]) -> None:
+    """Suspends the model Jobs still pending or running (the Job controller then removes their pods)."""
+    for name, state in models.items():
+        if state.phase in ("Pending", "Running"):
+            try:
+                clients.batch.patch_namespaced_job(manifests.model_job_name(spec, name), spec.namespace, {"spec": {"suspend": True}})
+            except ApiException as err:
+                if err.status != 404:
+                    raise
+
+
 def patch_status(clients: Clients, namespace: str, name: str, new: dict) -> None:
     clients.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": new})
 
@@ -155,6 +187,10 @@ def announce(body: dict, old: dict, new: dict, created: list[str]) -> None:
     """Kubernetes Events at each transition."""
     if created:
         kopf.info(body, reason="JobsCreated", message=f"created {', '.join(created)}")
+    stalled = next((c for c in new.get("conditions", []) if c["type"] == "Stalled" and c["status"] == "True"), None)
+    was_stalled = any(c["type"] == "Stalled" and c["status"] == "True" for c in old.get("conditions") or [])
+    if stalled and not was_stalled:
+        kopf.warn(body, reason="Stalled", message=stalled["message"])
     if old.get("phase") != new["phase"]:
         if new["phase"] == status.FAILED:
             kopf.warn(body, reason="Failed", message=new["reason"])
@@ -186,6 +222,8 @@ def reconcile(memo: kopf.Memo, abtest: dict) -> dict:
             kopf.warn(abtest, reason="NameConflict" if isinstance(err, NameConflict) else "InvalidSpec", message=str(err))
         metrics.observe(meta["namespace"], meta["name"], failed)
         raise kopf.PermanentError(str(err)) from None
+    if new["phase"] == status.FAILED:
+        suspend_unfinished(clients, spec, models)  # before the verdict latches: stop paying for the other models
     if any(new.get(k) != old.get(k) for k in new):
         patch_status(clients, spec.namespace, spec.name, new)
     announce(abtest, old, new, created)
@@ -207,6 +245,17 @@ def _guarded(memo: kopf.Memo, abtest: dict) -> None:
 @kopf.on.create(GROUP, VERSION, PLURAL)
 def abtest_created(body: kopf.Body, memo: kopf.Memo, **_) -> None:
     _guarded(memo, dict(body))
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=15, initial_delay=15)
+def abtest_resync(body: kopf.Body, memo: kopf.Memo, **_) -> None:
+    """Level-triggered: an ABTest whose pods cannot start produces no Job events, so look again periodically."""
+    if status.is_terminal(body.get("status")):
+        return
+    try:
+        _guarded(memo, dict(body))
+    except kopf.PermanentError:
+        pass  # already marked Failed with its reason
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={manifests.LABEL_NAME: kopf.PRESENT})

@@ -61,6 +61,7 @@ class ABTestSpec:
     compile: bool = False
     alpha: float = 0.05
     test: str = "auto"
+    stall_timeout_seconds: int = 300
     raw: dict = field(default_factory=dict, compare=False)  # the defaulted spec, for the operator-only fields
 
 
@@ -169,7 +170,7 @@ def parse_abtest(manifest: dict) -> ABTestSpec:
         dataset=DatasetSpec(ds["name"], ds["split"], ds.get("path"), ds.get("className"), ds.get("limit")),
         seed=spec["seed"], device=spec["device"], batch_size=spec["batchSize"], workers=spec["workers"],
         warmup_batches=spec["warmupBatches"], amp=spec["amp"], channels_last=spec["channelsLast"], compile=spec["compile"],
-        alpha=spec["analysis"]["alpha"], test=spec["analysis"]["test"], raw=spec,
+        alpha=spec["analysis"]["alpha"], test=spec["analysis"]["test"], stall_timeout_seconds=spec["stallTimeoutSeconds"], raw=spec,
     )
 
 

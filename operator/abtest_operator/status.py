@@ -22,6 +22,25 @@ class JobState:
     message: str = ""
     start: str | None = None
     completion: str | None = None
+    stall: str = ""  # why its pod cannot start (unschedulable, image, admission, quota); "" when it can
+
+
+# Container waiting reasons that do not resolve by themselves.
+STALL_WAITING_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName",
+                                   "CreateContainerConfigError", "CreateContainerError"})
+
+
+def pod_stall(pod: dict) -> str:
+    """Why a pod cannot start, or "" when it is starting, running or done."""
+    status = pod.get("status") or {}
+    for c in status.get("conditions") or []:
+        if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
+            return f"unschedulable: {c.get('message') or 'no node fits'}"
+    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in STALL_WAITING_REASONS:
+            return f"{waiting['reason']}: {waiting.get('message') or 'the container cannot start'}"
+    return ""
 
 
 def job_state(job: dict | None, pod_message: str = "") -> JobState:
@@ -74,6 +93,17 @@ def derive_status(spec: ABTestSpec, generation: int, model_jobs: dict[str, JobSt
         phase = PENDING
 
     old = {c["type"]: c for c in previous.get("conditions") or []}
+    stalled = [(name, s.stall) for name, s in model_jobs.items() if s.stall and s.phase in ("Pending", "Running", "Missing")]
+    stall_message = "; ".join(f"model {name}: {cause}" for name, cause in stalled)
+    stalled_condition = _condition("Stalled", bool(stalled) and phase not in (SUCCEEDED, FAILED), "PodCannotStart" if stalled else "Progressing",
+                                   stall_message if stalled else "every model pod could start", old, stamp, generation)
+    if stalled and phase not in (SUCCEEDED, FAILED):
+        since = datetime.fromisoformat(stalled_condition["lastTransitionTime"].replace("Z", "+00:00"))
+        waited = ((now or datetime.now(timezone.utc)) - since).total_seconds()
+        if waited >= spec.stall_timeout_seconds:
+            name, cause = stalled[0]
+            phase, reason = FAILED, f"model {name} stalled for {int(waited)}s (spec.stallTimeoutSeconds {spec.stall_timeout_seconds}): {cause}"
+            failed = [(name, model_jobs[name])]
     n_done = sum(s.phase == "Succeeded" for s in model_jobs.values())
     conditions = [
         _condition("ModelsComplete", True if done else (False if failed else None), "AllModelsSucceeded" if done else ("ModelFailed" if failed else "Evaluating"),
@@ -83,6 +113,7 @@ def derive_status(spec: ABTestSpec, generation: int, model_jobs: dict[str, JobSt
                    {"Succeeded": "verdict written to status.result", "Failed": analysis.message}.get(analysis.phase, "waiting for the model Jobs"), old, stamp, generation),
         _condition("Ready", phase == SUCCEEDED, phase, "the A/B test has a verdict" if phase == SUCCEEDED else f"phase {phase}", old, stamp, generation),
         _condition("Failed", phase == FAILED, "Failed" if phase == FAILED else "NoFailure", reason, old, stamp, generation),
+        stalled_condition,
     ]
     results = ((previous.get("result") or {}).get("models")) or {}
     models = []

@@ -25,7 +25,8 @@ def test_two_model_example_succeeds_with_the_right_p_value(cluster, namespace):
     done = wait_phase(cluster, namespace.name, name, ("Succeeded", "Failed"))
     status = done["status"]
     assert status["phase"] == "Succeeded", status
-    assert {c["type"]: c["status"] for c in status["conditions"]} == {"ModelsComplete": "True", "Analyzed": "True", "Ready": "True", "Failed": "False"}
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {"ModelsComplete": "True", "Analyzed": "True", "Ready": "True", "Failed": "False",
+                                                                                    "Stalled": "False"}
 
     # kubectl get shows the printer columns
     table = cluster.kubectl("get", "abtests", "-n", namespace.name).stdout.splitlines()
@@ -203,3 +204,33 @@ def test_job_name_collision_across_abtests_fails_the_newcomer_only(cluster, name
     assert wait_phase(cluster, namespace.name, "coll-b", ("Succeeded", "Failed"))["status"]["phase"] == "Succeeded"
     owners = {j["metadata"]["name"]: j["metadata"]["ownerReferences"][0]["name"] for j in jobs(cluster, namespace.name)}
     assert owners["coll-b-c"] == "coll-b" and "coll-analysis" not in owners
+
+
+STALLS = {
+    "unschedulable": ({"nodeSelector": {"abtest.dev/pool": "nowhere"}}, "unschedulable: 0/1 nodes are available"),
+    "image": ({"image": "localhost/abtest/missing:0"}, "ErrImageNeverPull"),
+    "admission": ({"dataset": {"name": "digits", "split": "test", "volume": {"hostPath": {"path": "/srv"}}}},
+                  'violates PodSecurity "restricted:latest": hostPath volumes'),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STALLS))
+def test_a_pod_that_cannot_start_is_stalled_then_failed(cluster, namespace, case):
+    """No silent stalls: a Stalled condition and a Warning Event at once, Failed after spec.stallTimeoutSeconds,
+    the reason naming the model and the cause, and the unfinished Jobs suspended."""
+    spec_update, cause = STALLS[case]
+    manifest = example_manifest("abtest-digits.yaml", namespace.name, stallTimeoutSeconds=20, **spec_update)
+    name = manifest["metadata"]["name"]
+    apply(cluster, manifest)
+
+    def stalled():
+        conditions = {c["type"]: c for c in (get_abtest(cluster, namespace.name, name).get("status") or {}).get("conditions", [])}
+        return conditions.get("Stalled", {}).get("status") == "True" and conditions["Stalled"]
+    condition = cluster.wait_for(stalled, 60, "the Stalled condition", interval=1)
+    assert cause in condition["message"], condition
+    status = wait_phase(cluster, namespace.name, name, ("Failed", "Succeeded"), timeout=90)["status"]
+    assert status["phase"] == "Failed"
+    assert status["reason"].startswith("model ") and " stalled for " in status["reason"] and cause in status["reason"], status["reason"]
+    assert any(e["reason"] == "Stalled" and e["type"] == "Warning" for e in events(cluster, namespace.name, name))
+    model_jobs = [j for j in jobs(cluster, namespace.name) if j["metadata"]["labels"]["abtest.dev/role"] == "model"]
+    assert model_jobs and all(j["spec"].get("suspend") for j in model_jobs)

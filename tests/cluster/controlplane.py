@@ -76,8 +76,41 @@ def kubeconfig(server: str, ca: Path, token: str, user: str = "admin") -> dict:
     }
 
 
+class Processes:
+    """Long-running binaries from ``self.bin``, logged to ``self.root/<name>.log``, kept in ``self.procs``."""
+
+    root: Path
+    bin: Path
+    procs: dict[str, subprocess.Popen]
+
+    def _start(self, name: str, args: list[str]) -> None:
+        log = open(self.root / f"{name}.log", "w")
+        env = {**os.environ, "PATH": f"{self.bin}:{os.environ['PATH']}"}  # containerd finds its shim there
+        self.procs[name] = subprocess.Popen([str(self.bin / name.split("#")[0]), *args], stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True, env=env)
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log_tail(name)}")
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.root / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def _stop(self, name: str, timeout: float = 15) -> None:
+        proc = self.procs.get(name)
+        if proc and proc.poll() is None:
+            os.killpg(proc.pid, 15)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+
+
 @dataclass
-class ControlPlane:
+class ControlPlane(Processes):
     root: Path
     bin: Path
     address: str = "127.0.0.1"  # where the API server listens and what it advertises (the node's bridge for pods)
@@ -100,11 +133,6 @@ class ControlPlane:
     @property
     def ca(self) -> Path:
         return self.root / "pki" / "ca.crt"
-
-    def _start(self, name: str, args: list[str]) -> None:
-        log = open(self.root / f"{name}.log", "w")
-        self.procs[name] = subprocess.Popen([str(self.bin / name.split("#")[0]), *args], stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
 
     def start(self) -> ControlPlane:
         pki = self.root / "pki"
@@ -166,15 +194,6 @@ class ControlPlane:
                 return False
         self.wait_for(ready, timeout, "kube-apiserver /readyz")
 
-    def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log_tail(name)}")
-
-    def log_tail(self, name: str, lines: int = 40) -> str:
-        path = self.root / f"{name}.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
-
     @staticmethod
     def wait_for(predicate, timeout: float, what: str, interval: float = 0.25):
         deadline = time.monotonic() + timeout
@@ -194,14 +213,7 @@ class ControlPlane:
 
     def stop(self) -> None:
         for name in reversed(list(self.procs)):
-            proc = self.procs[name]
-            if proc.poll() is None:
-                os.killpg(proc.pid, 15)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, 9)
-                    proc.wait()
+            self._stop(name, timeout=10)
 
     def cleanup(self) -> None:
         self.stop()

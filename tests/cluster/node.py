@@ -26,6 +26,8 @@ from pathlib import Path
 
 import yaml
 
+from cluster.controlplane import Processes, free_port, kubeconfig
+
 NODE_NAME = "abtest-node"
 BRIDGE = "abtest0"
 POD_CIDR = "10.244.0.0/24"
@@ -56,7 +58,7 @@ def prepare_network() -> None:
 
 
 @dataclass
-class Node:
+class Node(Processes):
     """containerd, kubelet and kube-proxy for one node, registered with the control plane ``cluster``."""
 
     cluster: object  # cluster.controlplane.ControlPlane
@@ -69,30 +71,12 @@ class Node:
         self.sock = self.root / "containerd" / "containerd.sock"
         self.bin = self.cluster.bin
 
-    # --- processes ------------------------------------------------------------------------------
-
-    def _start(self, name: str, args: list[str], env: dict | None = None) -> None:
-        log = open(self.root / f"{name}.log", "w")
-        self.procs[name] = subprocess.Popen([str(self.bin / name), *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                            env={**os.environ, "PATH": f"{self.bin}:{os.environ['PATH']}", **(env or {})})
-
-    def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log_tail(name)}")
-
-    def log_tail(self, name: str, lines: int = 40) -> str:
-        path = self.root / f"{name}.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
-
     def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return sh(str(self.bin / "ctr"), "--address", str(self.sock), "--namespace", "k8s.io", *args, check=check)
 
     # --- start ----------------------------------------------------------------------------------
 
     def start(self) -> Node:
-        from cluster.controlplane import free_port, kubeconfig
-
         self.root.mkdir(parents=True, exist_ok=True)
         self._start_containerd()
         for target, (ref, archive) in self.images.items():
@@ -237,16 +221,6 @@ state = "{state / 'state'}"
         sh("pkill", "-KILL", "-f", f"containerd-shim-runc-v2.* -address {self.sock}", check=False)
         self._stop("containerd")
         self._cleanup_mounts()
-
-    def _stop(self, name: str) -> None:
-        proc = self.procs.get(name)
-        if proc and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
 
     def _cleanup_mounts(self) -> None:
         """Unmounts whatever the kubelet and containerd left under the node's root (deepest first)."""

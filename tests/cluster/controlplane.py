@@ -154,7 +154,7 @@ class ControlPlane(Processes):
             f"--etcd-servers=http://127.0.0.1:{self.etcd_port}", f"--bind-address={self.address}", f"--secure-port={self.port}",
             f"--advertise-address={self.address}", f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}", f"--token-auth-file={self.root / 'tokens.csv'}", "--authorization-mode=Node,RBAC",
-            "--enable-admission-plugins=NodeRestriction", f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
+            "--enable-admission-plugins=NodeRestriction,OwnerReferencesPermissionEnforcement", f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
             f"--kubelet-client-key={pki / 'kubelet-client.key'}", "--kubelet-preferred-address-types=InternalIP",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local", f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}", "--service-cluster-ip-range=10.0.0.0/24",

@@ -21,6 +21,8 @@ def test_operator_identity_is_least_privilege(cluster, operator):
     user = f"system:serviceaccount:abtest-system:{operator.sa}"
     assert can_i(cluster, user, "create", "jobs.batch", "-n", "anything")
     assert can_i(cluster, user, "patch", "abtests.abtest.dev", "--subresource=status", "-n", "anything")
+    # the API server enforces OwnerReferencesPermissionEnforcement: owner references that block deletion need this
+    assert can_i(cluster, user, "update", "abtests.abtest.dev", "--subresource=finalizers", "-n", "anything")
     for verb, resource in (("get", "secrets"), ("list", "secrets"), ("delete", "jobs.batch"), ("create", "pods"),
                            ("create", "pods/exec"), ("delete", "abtests.abtest.dev"), ("create", "clusterroles")):
         assert not can_i(cluster, user, verb, resource, "-A"), f"operator may {verb} {resource}"

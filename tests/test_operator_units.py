@@ -333,3 +333,25 @@ def test_a_stall_is_a_condition_at_once_and_a_failure_after_the_timeout():
     assert failed["reason"] == "model vit stalled for 60s (spec.stallTimeoutSeconds 60): unschedulable: 0/1 nodes are available"
     recovered = status.derive_status(spec, 1, {"resnet": job("Running"), "vit": job("Running")}, job("Missing"), previous=first, now=NOW)
     assert {c["type"]: c["status"] for c in recovered["conditions"]}["Stalled"] == "False" and recovered["phase"] == "Running"
+
+
+def test_status_patches_are_conditional_on_the_version_the_pass_read():
+    """Concurrent passes (Job events, the resync timer): an older pass must not overwrite a newer verdict."""
+    from types import SimpleNamespace
+
+    from kubernetes.client.exceptions import ApiException
+
+    from abtest_operator.handlers import patch_status
+
+    sent = []
+
+    def patch(group, version, namespace, plural, name, body):
+        sent.append(body)
+        if body["metadata"]["resourceVersion"] != "7":
+            raise ApiException(status=409, reason="Conflict")
+
+    clients = SimpleNamespace(custom=SimpleNamespace(patch_namespaced_custom_object_status=patch))
+    meta = {"namespace": "ns", "name": "t", "resourceVersion": "7"}
+    assert patch_status(clients, meta, {"phase": "Failed"}) is True
+    assert patch_status(clients, dict(meta, resourceVersion="6"), {"phase": "Pending"}) is False
+    assert [b["status"]["phase"] for b in sent] == ["Failed", "Pending"]

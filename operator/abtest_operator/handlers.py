@@ -168,19 +168,27 @@ def apply_wanted(clients: Clients, cfg: manifests.OperatorConfig, spec: ABTestSp
     return created
 
 
-def suspend_unfinished(clients: Clients, spec: ABTestSpec, models: dict[str, status.JobState]) -> None:
-    """Suspends the model Jobs still pending or running (the Job controller then removes their pods)."""
-    for name, state in models.items():
-        if state.phase in ("Pending", "Running"):
-            try:
-                clients.batch.patch_namespaced_job(manifests.model_job_name(spec, name), spec.namespace, {"spec": {"suspend": True}})
-            except ApiException as err:
-                if err.status != 404:
-                    raise
+def suspend_job(clients: Clients, namespace: str, name: str) -> None:
+    """Suspends a Job (the Job controller then removes its pods); gone already is fine."""
+    try:
+        clients.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": True}})
+    except ApiException as err:
+        if err.status != 404:
+            raise
 
 
-def patch_status(clients: Clients, namespace: str, name: str, new: dict) -> None:
-    clients.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": new})
+def patch_status(clients: Clients, meta: dict, new: dict) -> bool:
+    """Merge-patches the status on the condition that nobody wrote the ABTest since this pass read it
+    (its resourceVersion): passes run concurrently (Job events, the resync timer), and an older pass must
+    never overwrite a newer verdict. False when the precondition failed; a newer pass follows."""
+    body = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": new}
+    try:
+        clients.custom.patch_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body)
+        return True
+    except ApiException as err:
+        if err.status == 409:
+            return False
+        raise
 
 
 def announce(body: dict, old: dict, new: dict, created: list[str]) -> None:
@@ -217,15 +225,16 @@ def reconcile(memo: kopf.Memo, abtest: dict) -> dict:
         created = apply_wanted(clients, cfg, spec, meta["uid"], new["phase"], models, analysis)
     except UserError as err:
         failed = {"phase": status.FAILED, "reason": str(err), "observedGeneration": meta.get("generation", 1)}
-        if old.get("reason") != failed["reason"]:
-            patch_status(clients, meta["namespace"], meta["name"], failed)
+        if old.get("reason") != failed["reason"] and patch_status(clients, meta, failed):
             kopf.warn(abtest, reason="NameConflict" if isinstance(err, NameConflict) else "InvalidSpec", message=str(err))
         metrics.observe(meta["namespace"], meta["name"], failed)
         raise kopf.PermanentError(str(err)) from None
-    if new["phase"] == status.FAILED:
-        suspend_unfinished(clients, spec, models)  # before the verdict latches: stop paying for the other models
-    if any(new.get(k) != old.get(k) for k in new):
-        patch_status(clients, spec.namespace, spec.name, new)
+    if any(new.get(k) != old.get(k) for k in new) and not patch_status(clients, meta, new):
+        return old  # a newer pass wrote first; it announces and counts
+    if new["phase"] == status.FAILED:  # stop paying for the other models (after a crash here, job_changed does it)
+        for name, state in models.items():
+            if state.phase in ("Pending", "Running"):
+                suspend_job(clients, spec.namespace, manifests.model_job_name(spec, name))
     announce(abtest, old, new, created)
     metrics.observe(spec.namespace, spec.name, {**old, **new})
     return new
@@ -270,6 +279,12 @@ def job_changed(body: kopf.Body, namespace: str, memo: kopf.Memo, **_) -> None:
             return
         raise
     if abtest["metadata"]["uid"] != owner["uid"]:
+        return
+    if (abtest.get("status") or {}).get("phase") == status.FAILED:  # leftovers of a failed ABTest stop
+        job = dict(body)
+        if job["metadata"]["labels"].get(manifests.LABEL_ROLE) == "model" and not job["spec"].get("suspend") \
+                and status.job_state(job).phase in ("Pending", "Running"):
+            suspend_job(memo.clients, namespace, job["metadata"]["name"])
         return
     try:
         _guarded(memo, abtest)

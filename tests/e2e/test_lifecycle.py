@@ -210,7 +210,7 @@ STALLS = {
     "unschedulable": ({"nodeSelector": {"abtest.dev/pool": "nowhere"}}, "unschedulable: 0/1 nodes are available"),
     "image": ({"image": "localhost/abtest/missing:0"}, "ErrImageNeverPull"),
     "admission": ({"dataset": {"name": "digits", "split": "test", "volume": {"hostPath": {"path": "/srv"}}}},
-                  'violates PodSecurity "restricted:latest": hostPath volumes'),
+                  'violates PodSecurity "restricted:latest": restricted volume types (volume "data" uses restricted volume type "hostPath")'),
 }
 
 

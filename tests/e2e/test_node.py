@@ -65,7 +65,6 @@ def test_evaluator_pods_are_containers_from_the_evaluator_image(cluster, namespa
     created = get_abtest(cluster, namespace.name, manifest["metadata"]["name"])["metadata"]["creationTimestamp"]
     first_start = min(p["status"]["containerStatuses"][0]["state"]["terminated"]["startedAt"] for p in pods)
     cluster.timings["apply -> first evaluator container running"] = (_ts(first_start) - _ts(created)).total_seconds()
-    print("ABTest created", created, "first container started", first_start)
     assert first_start >= created
     digests = image_digests(images["evaluator-cpu"][1])
     assert len(pods) == 3

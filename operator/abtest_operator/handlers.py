@@ -94,7 +94,7 @@ def observe(clients: Clients, spec: ABTestSpec, uid: str) -> tuple[dict[str, sta
             if any(ref.uid == uid for ref in j.metadata.owner_references or [])}
     pods: list[dict] | None = None  # listed at most once per pass, and only when a Job has pods that are not ready
 
-    def stall(name: str, job: dict) -> str:
+    def stall(name: str) -> str:
         nonlocal pods
         if pods is None:
             pods = [clients.core.api_client.sanitize_for_serialization(p) for p in
@@ -109,7 +109,7 @@ def observe(clients: Clients, spec: ABTestSpec, uid: str) -> tuple[dict[str, sta
         if observed.phase == "Failed":  # name the cause: the failed pod's termination message
             observed = status.job_state(job, failure_message(clients, spec.namespace, name))
         elif observed.phase in ("Pending", "Running") and ((job.get("status") or {}).get("ready") or 0) < ((job.get("status") or {}).get("active") or 1):
-            observed = replace(observed, stall=stall(name, job))
+            observed = replace(observed, stall=stall(name))
         return observed
 
     models = {m.name: state(manifests.model_job_name(spec, m.name)) for m in spec.models}

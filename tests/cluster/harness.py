@@ -112,7 +112,7 @@ class Operator:
 
         def restarted():
             status = self.pod()["status"]["containerStatuses"][0]
-            return status["restartCount"] > restarts and status.get("ready", False) is not None and self._healthy()
+            return status["restartCount"] > restarts and self._healthy()
         ControlPlane.wait_for(restarted, 120, "the kubelet to restart the operator", interval=0.5)
 
     def crash(self) -> None:

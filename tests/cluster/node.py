@@ -195,28 +195,31 @@ state = "{state / 'state'}"
     def info(self) -> dict:
         return json.loads(self.cluster.kubectl("get", "node", NODE_NAME, "-o", "json").stdout)["status"]["nodeInfo"]
 
+    def tasks(self) -> dict[str, int]:
+        """Running containers on the node: container ID -> host PID of its main process."""
+        rows = (line.split() for line in self.ctr("task", "ls", check=False).stdout.splitlines()[1:])
+        return {row[0]: int(row[1]) for row in rows if len(row) >= 2 and row[1].isdigit()}
+
     def container_pid(self, container_id: str) -> int:
         """The host PID of a container's main process (``containerd://ID`` from a pod's status)."""
-        for line in self.ctr("task", "ls").stdout.splitlines()[1:]:
-            parts = line.split()
-            if parts and parts[0] == container_id.removeprefix("containerd://"):
-                return int(parts[1])
-        raise LookupError(f"no running task for {container_id}")
+        pid = self.tasks().get(container_id.removeprefix("containerd://"))
+        if pid is None:
+            raise LookupError(f"no running task for {container_id}")
+        return pid
 
     # --- stop -----------------------------------------------------------------------------------
 
     def stop(self) -> None:
         """Stops the pods' containers first (so nothing outlives the run), then the node's processes."""
         if "containerd" in self.procs and self.procs["containerd"].poll() is None:
-            for line in self.ctr("task", "ls", check=False).stdout.splitlines()[1:]:
-                parts = line.split()
-                if len(parts) >= 2 and parts[1].isdigit():
-                    try:
-                        os.kill(int(parts[1]), signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+            for pid in self.tasks().values():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         for name in ("kube-proxy", "kubelet"):
             self._stop(name)
+        sh(str(self.bin / "kube-proxy"), "--cleanup", check=False)  # its iptables rules belong to this run only
         # The runc shims outlive containerd by design; stop them so their mounts can go.
         sh("pkill", "-KILL", "-f", f"containerd-shim-runc-v2.* -address {self.sock}", check=False)
         self._stop("containerd")
@@ -228,5 +231,3 @@ state = "{state / 'state'}"
         mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
         for mount in sorted((m for m in mounts if m.startswith(root)), key=len, reverse=True):
             sh("umount", "-l", mount.replace("\\040", " "), check=False)
-        # iptables rules of kube-proxy and the CNI's addresses belong to this run only
-        sh(str(self.bin / "kube-proxy"), "--cleanup", check=False)

@@ -59,8 +59,6 @@ class Operator:
             "evaluator.image.repository": evaluator_ref.rsplit(":", 1)[0], "evaluator.image.tag": evaluator_ref.rsplit(":", 1)[1],
             "evaluator.image.pullPolicy": "Never", **(values or {}),
         }
-        self.image = operator_ref
-        self.evaluator_image = evaluator_ref
         self.metrics_port = 8080
 
     def install(self) -> None:

@@ -32,23 +32,40 @@ def synthesize(root: Path, n: int) -> None:
         right = rng.random(n) < acc
         pred = np.where(right, labels, (labels + 1) % 1000)
         top5 = np.repeat(pred[:, None], 5, axis=1).astype(np.int32)
-        table = pa.table({"index": np.arange(n, dtype=np.int64), "label": labels, "pred": pred,
-                          "confidence": rng.random(n, dtype=np.float32),
-                          "top5": pa.FixedSizeListArray.from_arrays(pa.array(top5.reshape(-1)), 5)})
+        table = pa.table(
+            {
+                "index": np.arange(n, dtype=np.int64),
+                "label": labels,
+                "pred": pred,
+                "confidence": rng.random(n, dtype=np.float32),
+                "top5": pa.FixedSizeListArray.from_arrays(pa.array(top5.reshape(-1)), 5),
+            }
+        )
         folder = root / name
         folder.mkdir(parents=True)
         results.atomic_write_parquet(folder / results.PREDICTIONS, table)
         batches = rng.normal(10, 1, n // 256).round(3)
-        metrics = {"model": name, "n": n, "accuracy": float(right.mean()), "top5": None, "throughput": 25600.0,
-                   "latency": {"batch_ms": {"p50": 10.0, "p95": 11.6}, "batches_ms": batches.tolist(), "batch_sizes": [256] * len(batches)},
-                   "confusion_matrix": [[0]], "per_class_accuracy": [None], "ece": 0.1,
-                   "reliability": {"confidence": [0.5], "accuracy": [0.5]}, "confidence": {"mean": 0.5, "std": 0.29},
-                   "fingerprint": "synthetic", "device": {"type": "cpu", "name": "x"}, "weights": "checkpoint:x",
-                   "predictions_sha256": {results.PREDICTIONS: results.sha256_file(folder / results.PREDICTIONS)}}
+        metrics = {
+            "model": name,
+            "n": n,
+            "accuracy": float(right.mean()),
+            "top5": None,
+            "throughput": 25600.0,
+            "latency": {"batch_ms": {"p50": 10.0, "p95": 11.6}, "batches_ms": batches.tolist(), "batch_sizes": [256] * len(batches)},
+            "confusion_matrix": [[0]],
+            "per_class_accuracy": [None],
+            "ece": 0.1,
+            "reliability": {"confidence": [0.5], "accuracy": [0.5]},
+            "confidence": {"mean": 0.5, "std": 0.29},
+            "fingerprint": "synthetic",
+            "device": {"type": "cpu", "name": "x"},
+            "weights": "checkpoint:x",
+            "predictions_sha256": {results.PREDICTIONS: results.sha256_file(folder / results.PREDICTIONS)},
+        }
         (folder / results.METRICS).write_text(json.dumps(metrics))
 
 
-PANDAS_BASELINE = r'''
+PANDAS_BASELINE = r"""
 import sys, json, numpy as np, pandas as pd, hashlib
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.proportion import proportion_confint
@@ -67,16 +84,16 @@ res = mcnemar(tab, exact=False, correction=True)
 n = tab.sum()
 lo, hi = proportion_confint(tab[0].sum(), n, method="wilson")
 print(json.dumps({"p": float(res.pvalue), "n10": int(tab[0, 1]), "n01": int(tab[1, 0])}))
-'''
+"""
 
-OURS = r'''
+OURS = r"""
 import sys, json
 from pathlib import Path
 from abtest_evaluator.analysis import run_analysis
 r = run_analysis(Path(sys.argv[1]))
 c = r["comparisons"][0]
 print(json.dumps({"p": c["p_value"], "n10": c["n10"], "n01": c["n01"]}))
-'''
+"""
 
 
 def measure(code: str, root: Path) -> tuple[float, float, dict]:
@@ -99,8 +116,10 @@ def main() -> None:
         root = Path(tmp)
         start = time.perf_counter()
         synthesize(root, args.samples)
-        print(f"synthesized 2 x {args.samples:,} predictions in {time.perf_counter() - start:.1f}s "
-              f"({sum(f.stat().st_size for f in root.rglob('*.parquet')) / 2**20:.0f} MiB parquet)")
+        print(
+            f"synthesized 2 x {args.samples:,} predictions in {time.perf_counter() - start:.1f}s "
+            f"({sum(f.stat().st_size for f in root.rglob('*.parquet')) / 2**20:.0f} MiB parquet)"
+        )
         ours_t, ours_rss, ours = measure(OURS, root)
         base_t, base_rss, base = measure(PANDAS_BASELINE, root)
     assert (ours["n10"], ours["n01"]) == (base["n10"], base["n01"]) and abs(ours["p"] - base["p"]) <= 1e-9 * max(base["p"], 1e-300)

@@ -19,14 +19,15 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from abtest_api.evaluate import EvalConfig
 from abtest_evaluator import datasets, models, resolve
-from abtest_evaluator.config import EvalConfig
 from abtest_evaluator.evaluate import evaluate
 from abtest_evaluator.runner import seed_everything
 
 
 def bare_loop(model, batches, warmup: int, device: torch.device, amp_dtype, memory_format) -> float:
     """timm benchmark.py style: inference_mode, autocast, one synchronise at the end; the same host->device copies."""
+
     def step(x):
         x = x.to(device, non_blocking=True, memory_format=memory_format)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -99,14 +100,29 @@ def main() -> None:
     batches = list(images.split(args.batch_size))
     module = loaded.module.eval().to(device, memory_format=memory_format)
 
-    cfg = EvalConfig(model=args.model, dataset="digits", split=args.split, out="", batch_size=args.batch_size, workers=0,
-                     device=args.device, input_size=args.input_size, crop_pct=1.0, threads=threads, progress="none", seed=0,
-                     amp=args.amp, channels_last=args.channels_last)
+    cfg = EvalConfig(
+        model=args.model,
+        dataset="digits",
+        split=args.split,
+        out="",
+        batch_size=args.batch_size,
+        workers=0,
+        device=args.device,
+        input_size=args.input_size,
+        crop_pct=1.0,
+        threads=threads,
+        progress="none",
+        seed=0,
+        amp=args.amp,
+        channels_last=args.channels_last,
+    )
     ours, bare = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):  # ABBA order, so drift in clocks or load hits both alike
-            runs = [lambda: ours.append(evaluate(EvalConfig(**{**cfg.__dict__, "out": f"{tmp}/{i}"}))["throughput"]),
-                    lambda: bare.append(bare_loop(module, batches, 3, device, amp_dtype, memory_format))]
+            runs = [
+                lambda i=i: ours.append(evaluate(EvalConfig(**{**cfg.__dict__, "out": f"{tmp}/{i}"}))["throughput"]),
+                lambda: bare.append(bare_loop(module, batches, 3, device, amp_dtype, memory_format)),
+            ]
             for run in runs if i % 2 == 0 else runs[::-1]:
                 run()
     # Best of N for each: this VM's neighbours add noise of several percent, and noise only ever slows a run down.
@@ -119,9 +135,15 @@ def main() -> None:
     peak = matmul_gflops(threads) if device.type == "cpu" else matmul_gflops_cuda(amp_dtype or torch.float32)
 
     print(f"model {args.model} @ {args.input_size}px, batch {args.batch_size}, {len(ds)} images, {threads} threads, {args.repeats} repeats")
-    print(f"abtest evaluate   best {ours_best:8.1f} img/s  median {statistics.median(ours):8.1f}  (runs: {', '.join(f'{x:.0f}' for x in ours)})")
-    print(f"bare loop         best {bare_best:8.1f} img/s  median {statistics.median(bare):8.1f}  (runs: {', '.join(f'{x:.0f}' for x in bare)})")
-    print(f"ratio evaluate/bare = {ours_best / bare_best:.3f} best-of-{args.repeats}, {statistics.median(ours) / statistics.median(bare):.3f} median  (target >= 0.97)")
+    print(
+        f"abtest evaluate   best {ours_best:8.1f} img/s  median {statistics.median(ours):8.1f}  (runs: {', '.join(f'{x:.0f}' for x in ours)})"
+    )
+    print(
+        f"bare loop         best {bare_best:8.1f} img/s  median {statistics.median(bare):8.1f}  (runs: {', '.join(f'{x:.0f}' for x in bare)})"
+    )
+    print(
+        f"ratio evaluate/bare = {ours_best / bare_best:.3f} best-of-{args.repeats}, {statistics.median(ours) / statistics.median(bare):.3f} median  (target >= 0.97)"
+    )
     print(f"forward {flops_per_image / 1e9:.3f} GFLOP/image -> {achieved:.1f} GFLOP/s achieved")
     where = f"{threads} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
     print(f"matmul peak {peak:.1f} GFLOP/s ({where}) -> forward reaches {achieved / peak:.2f} of it")

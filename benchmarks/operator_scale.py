@@ -42,9 +42,17 @@ def requests_total(cp: ControlPlane) -> float:
 
 
 def abtest(name: str, namespace: str) -> dict:
-    return {"apiVersion": "abtest.dev/v1alpha1", "kind": "ABTest", "metadata": {"name": name, "namespace": namespace},
-            "spec": {"device": "cpu", "dataset": {"name": "digits", "limit": 32}, "workers": 0,
-                     "models": [{"name": "a", "architecture": "timm/resnet10t"}, {"name": "b", "architecture": "timm/test_vit"}]}}
+    return {
+        "apiVersion": "abtest.dev/v1alpha1",
+        "kind": "ABTest",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "device": "cpu",
+            "dataset": {"name": "digits", "limit": 32},
+            "workers": 0,
+            "models": [{"name": "a", "architecture": "timm/resnet10t"}, {"name": "b", "architecture": "timm/test_vit"}],
+        },
+    }
 
 
 def main() -> None:
@@ -55,8 +63,16 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="operator-scale-", dir=Path.home() / ".cache" / "abtest"))
     (root / "audit-policy.yaml").write_text(AUDIT_POLICY)
     images = build_images("operator", "evaluator-cpu")
-    cp = ControlPlane(root, build_binaries(), address=GATEWAY, apiserver_args=[f"--audit-policy-file={root / 'audit-policy.yaml'}",
-                                                               f"--audit-log-path={root / 'audit.log'}", "--audit-log-maxsize=1000"])
+    cp = ControlPlane(
+        root,
+        build_binaries(),
+        address=GATEWAY,
+        apiserver_args=[
+            f"--audit-policy-file={root / 'audit-policy.yaml'}",
+            f"--audit-log-path={root / 'audit.log'}",
+            "--audit-log-maxsize=1000",
+        ],
+    )
     try:
         start_cluster(cp, images)
         operator = start_operator(cp, cp.bin, images)
@@ -86,8 +102,9 @@ def main() -> None:
                     succeeded[item["metadata"]["name"]] = (time.time(), phase)
             time.sleep(0.5)
         operator_pid = cp.node.container_pid(operator.pod()["status"]["containerStatuses"][0]["containerID"])
-        rss_kib = int(next(line.split()[1] for line in Path(f"/proc/{operator_pid}/status").read_text().splitlines()
-                           if line.startswith("VmHWM")))
+        rss_kib = int(
+            next(line.split()[1] for line in Path(f"/proc/{operator_pid}/status").read_text().splitlines() if line.startswith("VmHWM"))
+        )
         total_requests = requests_total(cp) - before_all
         with open(root / "audit.log") as fh:
             fh.seek(audit_start)
@@ -107,14 +124,26 @@ def main() -> None:
         failed = [n for n, (_, phase) in succeeded.items() if phase != "Succeeded"]
 
         def pct(values, q):
-            return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else (values[0] if values else float("nan"))
+            return (
+                statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+                if len(values) > 1
+                else (values[0] if values else float("nan"))
+            )
 
-        print(f"{args.abtests} ABTests x 2 models applied at once; real evaluator pods on 32 samples, real analysis; operator with 4 workers")
-        print(f"apply -> both model Jobs created: p50 {pct(create_lat, 50):.2f} s, p95 {pct(create_lat, 95):.2f} s, max {max(create_lat):.2f} s ({len(create_lat)} ABTests)")
-        print(f"apply -> Succeeded:               p50 {pct(done_lat, 50):.1f} s, p95 {pct(done_lat, 95):.1f} s ({len(done_lat)} finished, {len(failed)} failed)")
+        print(
+            f"{args.abtests} ABTests x 2 models applied at once; real evaluator pods on 32 samples, real analysis; operator with 4 workers"
+        )
+        print(
+            f"apply -> both model Jobs created: p50 {pct(create_lat, 50):.2f} s, p95 {pct(create_lat, 95):.2f} s, max {max(create_lat):.2f} s ({len(create_lat)} ABTests)"
+        )
+        print(
+            f"apply -> Succeeded:               p50 {pct(done_lat, 50):.1f} s, p95 {pct(done_lat, 95):.1f} s ({len(done_lat)} finished, {len(failed)} failed)"
+        )
         print(f"API requests by the operator: {len(by_operator)} = {len(by_operator) / args.abtests:.1f} per ABTest lifecycle")
         print("  " + ", ".join(f"{k}: {v / args.abtests:.1f}" for k, v in sorted(verbs.items(), key=lambda kv: -kv[1])[:10]))
-        print(f"API requests by every client (apiserver_request_total): {total_requests:.0f} = {total_requests / args.abtests:.1f} per ABTest")
+        print(
+            f"API requests by every client (apiserver_request_total): {total_requests:.0f} = {total_requests / args.abtests:.1f} per ABTest"
+        )
         print(f"operator peak RSS: {rss_kib / 1024:.0f} MiB")
     finally:
         if getattr(cp, "node", None):

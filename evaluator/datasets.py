@@ -8,14 +8,14 @@ from __future__ import annotations
 import hashlib
 import inspect
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
 
-from abtest_operator.errors import UserError
+from abtest_api.errors import UserError
 
 DATASETS = ("digits", "imagefolder", "cifar10", "cifar100", "torchvision")
 SPLITS = ("train", "test")
@@ -111,7 +111,13 @@ def load_cifar(path: str | None, split: str, variant: str) -> EvalDataset:
     """The standard python-pickle batches (``cifar-10-batches-py`` / ``cifar-100-python``)."""
     root = _require_dir(path, variant)
     folder, files, label_key, meta, names_key = {
-        "cifar10": ("cifar-10-batches-py", {"test": ["test_batch"], "train": [f"data_batch_{i}" for i in range(1, 6)]}, "labels", "batches.meta", "label_names"),
+        "cifar10": (
+            "cifar-10-batches-py",
+            {"test": ["test_batch"], "train": [f"data_batch_{i}" for i in range(1, 6)]},
+            "labels",
+            "batches.meta",
+            "label_names",
+        ),
         "cifar100": ("cifar-100-python", {"test": ["test"], "train": ["train"]}, "fine_labels", "meta", "fine_label_names"),
     }[variant]
     if (root / folder).is_dir():
@@ -122,7 +128,9 @@ def load_cifar(path: str | None, split: str, variant: str) -> EvalDataset:
             with open(root / batch, "rb") as fh:
                 entry = pickle.load(fh, encoding="latin1")
         except (OSError, pickle.UnpicklingError, EOFError) as err:
-            raise UserError(f"cannot read {variant} batch {root / batch} ({err.__class__.__name__}); point --path at the extracted {folder} folder") from None
+            raise UserError(
+                f"cannot read {variant} batch {root / batch} ({err.__class__.__name__}); point --path at the extracted {folder} folder"
+            ) from None
         images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.extend(entry[label_key])
         ids.extend(f"{batch}/{i}" for i in range(len(entry[label_key])))
@@ -146,7 +154,9 @@ def load_torchvision(path: str | None, split: str, class_name: str | None) -> Ev
     import torchvision.datasets as tvd
 
     if not class_name or not inspect.isclass(getattr(tvd, class_name, None)):
-        raise UserError(f"torchvision dataset class {class_name!r} is unknown; set --dataset-class (spec.dataset.className) to a torchvision.datasets class such as MNIST")
+        raise UserError(
+            f"torchvision dataset class {class_name!r} is unknown; set --dataset-class (spec.dataset.className) to a torchvision.datasets class such as MNIST"
+        )
     root = _require_dir(path, f"torchvision/{class_name}")
     cls = getattr(tvd, class_name)
     params = inspect.signature(cls).parameters
@@ -160,7 +170,9 @@ def load_torchvision(path: str | None, split: str, class_name: str | None) -> Ev
     try:
         ds = cls(**kwargs)
     except (RuntimeError, OSError, ValueError) as err:
-        raise UserError(f"torchvision.datasets.{class_name} could not be read from {root}: {err}; place the files there (downloads are disabled)") from None
+        raise UserError(
+            f"torchvision.datasets.{class_name} could not be read from {root}: {err}; place the files there (downloads are disabled)"
+        ) from None
     targets = next((getattr(ds, a) for a in ("targets", "labels", "_labels") if hasattr(ds, a)), None)
     labels = np.asarray(targets if targets is not None else [ds[i][1] for i in range(len(ds))], dtype=np.int64)
     classes = list(getattr(ds, "classes", []) or []) or None
@@ -174,7 +186,9 @@ def load_torchvision(path: str | None, split: str, class_name: str | None) -> Ev
     )
 
 
-def load_dataset(name: str, split: str = "test", path: str | None = None, limit: int | None = None, class_name: str | None = None) -> EvalDataset:
+def load_dataset(
+    name: str, split: str = "test", path: str | None = None, limit: int | None = None, class_name: str | None = None
+) -> EvalDataset:
     if split not in SPLITS:
         raise UserError(f"--split {split!r} is unknown; use one of {', '.join(SPLITS)}")
     if name == "digits":

@@ -8,6 +8,7 @@ import platform
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,12 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from abtest_evaluator import datasets, models, resolve, results, summary
-from abtest_evaluator.config import EvalConfig
+from abtest_api.constants import METRICS, PREDICTIONS
+from abtest_api.errors import UserError
+from abtest_api.evaluate import EvalConfig
+from abtest_evaluator import datasets, measurements, models, resolve, results
 from abtest_evaluator.runner import Runner, seed_everything, seed_worker
 from abtest_evaluator.telemetry import EvalTelemetry, GpuSampler
-from abtest_operator.errors import UserError
 
 
 class TransformedDataset(Dataset):
@@ -37,20 +39,29 @@ def library_versions() -> dict:
     import timm
     import torchvision
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "timm": timm.__version__, "numpy": np.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+    }
 
 
 def predictions_table(labels, topk, confidence, ids) -> pa.Table:
     k = topk.shape[1]
-    return pa.table({
-        "index": pa.array(np.arange(len(labels), dtype=np.int64)),
-        "label": pa.array(labels.astype(np.int64)),
-        "pred": pa.array(topk[:, 0].astype(np.int64)),
-        "confidence": pa.array(confidence.astype(np.float32)),
-        "top5": pa.FixedSizeListArray.from_arrays(pa.array(topk.reshape(-1).astype(np.int32)), k),
-        "sample_id": pa.array(ids),
-    })
+    return pa.table(
+        {
+            "index": pa.array(np.arange(len(labels), dtype=np.int64)),
+            "label": pa.array(labels.astype(np.int64)),
+            "pred": pa.array(topk[:, 0].astype(np.int64)),
+            "confidence": pa.array(confidence.astype(np.float32)),
+            "top5": pa.FixedSizeListArray.from_arrays(pa.array(topk.reshape(-1).astype(np.int32)), k),
+            "sample_id": pa.array(ids),
+        }
+    )
 
 
 class Progress:
@@ -85,10 +96,39 @@ class Progress:
             print(json.dumps({"progress": self.done, "total": self.total, "accuracy": accuracy}), file=sys.stderr, flush=True)
 
 
-def evaluate(cfg: EvalConfig) -> dict:
-    """Run the evaluation and write its files atomically; returns metrics.json's content."""
-    started = time.time()  # the run's start (before loading), for parity checks across models
-    out = Path(cfg.out)
+@dataclass
+class Prepared:
+    """Everything the timed loop needs, resolved and loaded."""
+
+    cfg: EvalConfig
+    started: float  # the run's start (before loading), for parity checks across models
+    device: str
+    amp_dtype: str | None
+    threads: int
+    dataset: datasets.EvalDataset
+    num_classes: int
+    model: models.LoadedModel
+    data_config: resolve.DataConfig
+    loader: DataLoader
+    runner: Runner
+
+
+@dataclass
+class Loop:
+    """What the timed loop measured."""
+
+    topk: np.ndarray  # (n, k) class indices, best first
+    confidence: np.ndarray
+    batch_seconds: list[float]
+    batch_sizes: list[int]
+    started: float
+    finished: float
+    gpu_utilization: dict | None
+
+
+def prepare(cfg: EvalConfig) -> Prepared:
+    """Resolve the settings, load the data and the model, build the loader and the runner; UserError on bad input."""
+    started = time.time()
     if cfg.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {cfg.batch_size}")
     device = resolve.resolve_device(cfg.device, torch.cuda.is_available())
@@ -100,76 +140,125 @@ def evaluate(cfg: EvalConfig) -> dict:
     ds = datasets.load_dataset(cfg.dataset, cfg.split, cfg.path, cfg.limit, cfg.dataset_class)
     num_classes = cfg.num_classes or ds.num_classes
     if num_classes < ds.num_classes or int(ds.labels.max()) >= num_classes:
-        raise UserError(f"dataset {ds.name} has {ds.num_classes} classes but the model outputs {num_classes}; set --num-classes {ds.num_classes} (spec.models[].numClasses)")
+        raise UserError(
+            f"dataset {ds.name} has {ds.num_classes} classes but the model outputs {num_classes}; set --num-classes {ds.num_classes} (spec.models[].numClasses)"
+        )
     loaded = models.build_model(cfg.model, num_classes, cfg.in_chans, cfg.pretrained, cfg.checkpoint)
-    data_cfg = resolve.resolve_data_config(loaded.pretrained_cfg, cfg.in_chans, cfg.input_size, cfg.interpolation, cfg.mean, cfg.std, cfg.crop_pct)
+    data_cfg = resolve.resolve_data_config(
+        loaded.pretrained_cfg, cfg.in_chans, cfg.input_size, cfg.interpolation, cfg.mean, cfg.std, cfg.crop_pct
+    )
 
     from timm.data import create_transform
 
     transform = create_transform(**data_cfg.as_timm_kwargs(), is_training=False)
     loader = DataLoader(
         TransformedDataset(ds, transform, "L" if cfg.in_chans == 1 else "RGB"),
-        batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers, worker_init_fn=seed_worker,
-        generator=torch.Generator().manual_seed(cfg.seed), pin_memory=device == "cuda", persistent_workers=False,
+        batch_size=cfg.batch_size,
+        shuffle=False,
+        num_workers=cfg.workers,
+        worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(cfg.seed),
+        pin_memory=device == "cuda",
+        persistent_workers=False,
     )
     runner = Runner(loaded.module, device, amp_dtype, cfg.channels_last, cfg.compile)
-    telemetry = EvalTelemetry(cfg.abtest, cfg.namespace, cfg.model_label, len(ds))
-    server = telemetry.serve(cfg.metrics_port, cfg.metrics_addr) if cfg.metrics_port is not None else None
+    return Prepared(cfg, started, device, amp_dtype, threads, ds, num_classes, loaded, data_cfg, loader, runner)
 
-    n, k = len(ds), min(5, num_classes)
+
+def run(prep: Prepared, telemetry: EvalTelemetry) -> Loop:
+    """The timed loop over every batch in the shared order, feeding telemetry and the progress display."""
+    cfg, runner = prep.cfg, prep.runner
+    n, k = len(prep.dataset), min(5, prep.num_classes)
     topk = np.empty((n, k), dtype=np.int64)
     confidence = np.empty(n, dtype=np.float32)
     batch_seconds, batch_sizes = [], []
-    sampler = GpuSampler(runner.device.index or 0, on_sample=lambda r: telemetry.set_gpu(None, r)) if device == "cuda" else nullcontext()
-    loop_started = time.time()
-    try:
-        with sampler, Progress(cfg.progress, cfg.model_label, n) as progress:
-            pos = 0
-            for images, labels in loader:
-                if pos == 0 and cfg.warmup_batches:
-                    runner.warmup(images, cfg.warmup_batches)
-                batch = runner(images)
-                size = len(labels)
-                topk[pos:pos + size] = batch.topk.numpy()
-                confidence[pos:pos + size] = batch.confidence.numpy()
-                correct = int((batch.topk[:, 0] == labels).sum())
-                pos += size
-                batch_seconds.append(batch.seconds)
-                batch_sizes.append(size)
-                telemetry.observe_batch(size, correct, float(batch.confidence.sum()), batch.seconds)
-                if (memory := runner.gpu_memory()) is not None:
-                    telemetry.set_gpu(memory["max_allocated_bytes"], None)
-                progress.advance(size, telemetry.running_accuracy)
-        finished = time.time()
-        labels = ds.labels
-        metrics = summary.summarize(labels, topk[:, 0], (topk == labels[:, None]).any(axis=1) if k >= 5 else None,
-                                    confidence, np.asarray(batch_seconds), np.asarray(batch_sizes), num_classes)
-        metrics.update({
+    sampler = (
+        GpuSampler(runner.device.index or 0, on_sample=lambda r: telemetry.set_gpu(None, r)) if prep.device == "cuda" else nullcontext()
+    )
+    started = time.time()
+    with sampler, Progress(cfg.progress, cfg.model_label, n) as progress:
+        pos = 0
+        for images, labels in prep.loader:
+            if pos == 0 and cfg.warmup_batches:
+                runner.warmup(images, cfg.warmup_batches)
+            batch = runner(images)
+            size = len(labels)
+            topk[pos : pos + size] = batch.topk.numpy()
+            confidence[pos : pos + size] = batch.confidence.numpy()
+            correct = int((batch.topk[:, 0] == labels).sum())
+            pos += size
+            batch_seconds.append(batch.seconds)
+            batch_sizes.append(size)
+            telemetry.observe_batch(size, correct, float(batch.confidence.sum()), batch.seconds)
+            if (memory := runner.gpu_memory()) is not None:
+                telemetry.set_gpu(memory["max_allocated_bytes"], None)
+            progress.advance(size, telemetry.running_accuracy)
+    return Loop(topk, confidence, batch_seconds, batch_sizes, started, time.time(), sampler.summary() if prep.device == "cuda" else None)
+
+
+def build_metrics(prep: Prepared, loop: Loop) -> dict:
+    """metrics.json's content (but the predictions checksum, which the writer adds)."""
+    cfg, ds = prep.cfg, prep.dataset
+    labels, k = ds.labels, loop.topk.shape[1]
+    metrics = measurements.summarize(
+        labels,
+        loop.topk[:, 0],
+        (loop.topk == labels[:, None]).any(axis=1) if k >= 5 else None,
+        loop.confidence,
+        np.asarray(loop.batch_seconds),
+        np.asarray(loop.batch_sizes),
+        prep.num_classes,
+    )
+    metrics.update(
+        {
             "model": cfg.model_label,
             "architecture": cfg.model,
-            "weights": loaded.weights,
+            "weights": prep.model.weights,
             "dataset": {"name": ds.name, "split": cfg.split, "path": cfg.path, "limit": cfg.limit, "classes": ds.classes},
             "fingerprint": ds.fingerprint(),
             "seed": cfg.seed,
             "batch_size": cfg.batch_size,
             "warmup_batches": cfg.warmup_batches,
-            "data_config": {**data_cfg.as_timm_kwargs()},
-            "device": {"type": device, "name": runner.device_name(), "threads": threads, "amp_dtype": amp_dtype,
-                       "channels_last": cfg.channels_last, "compile": cfg.compile},
-            "gpu_memory": runner.gpu_memory(),
-            "gpu_utilization": sampler.summary() if device == "cuda" else None,
+            "data_config": {**prep.data_config.as_timm_kwargs()},
+            "device": {
+                "type": prep.device,
+                "name": prep.runner.device_name(),
+                "threads": prep.threads,
+                "amp_dtype": prep.amp_dtype,
+                "channels_last": cfg.channels_last,
+                "compile": cfg.compile,
+            },
+            "gpu_memory": prep.runner.gpu_memory(),
+            "gpu_utilization": loop.gpu_utilization,
             "versions": library_versions(),
             "image": os.environ.get("ABTEST_IMAGE"),
-            "started_at": started,
-            "loop_started_at": loop_started,
-            "finished_at": finished,
+            "started_at": prep.started,
+            "loop_started_at": loop.started,
+            "finished_at": loop.finished,
             "abtest": {"name": cfg.abtest, "namespace": cfg.namespace} if cfg.abtest else None,
-        })
-        out.mkdir(parents=True, exist_ok=True)
-        predictions = out / results.PREDICTIONS
-        results.atomic_write_parquet(predictions, predictions_table(labels, topk, confidence, ds.ids))
-        metrics["predictions_sha256"] = {results.PREDICTIONS: results.sha256_file(predictions)}
-        results.atomic_write_json(out / results.METRICS, metrics)  # last: its presence means "complete"
+        }
+    )
+    return metrics
+
+
+def write(out: Path, metrics: dict, predictions: pa.Table) -> None:
+    """predictions.parquet, then metrics.json with its checksum: metrics.json's presence means "complete"."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / PREDICTIONS
+    results.atomic_write_parquet(path, predictions)
+    metrics["predictions_sha256"] = {PREDICTIONS: results.sha256_file(path)}
+    results.atomic_write_json(out / METRICS, metrics)
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Run the evaluation and write its files atomically; returns metrics.json's content."""
+    prep = prepare(cfg)
+    telemetry = EvalTelemetry(cfg.abtest, cfg.namespace, cfg.model_label, len(prep.dataset))
+    server = telemetry.serve(cfg.metrics_port, cfg.metrics_addr) if cfg.metrics_port is not None else None
+    try:
+        loop = run(prep, telemetry)
+        metrics = build_metrics(prep, loop)
+        write(Path(cfg.out), metrics, predictions_table(prep.dataset.labels, loop.topk, loop.confidence, prep.dataset.ids))
         telemetry.completed.set(1)
         if cfg.pushgateway:
             telemetry.push(cfg.pushgateway)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from abtest_operator.errors import UserError
+from abtest_api.errors import UserError
 
 # Wrappers that training scripts put around a state dict (timm train.py, Lightning, plain loops).
 STATE_DICT_KEYS = ("state_dict_ema", "state_dict", "model_state_dict", "model", "module")
@@ -57,12 +57,16 @@ def _build(architecture: str, num_classes: int, in_chans: int, pretrained: bool)
         weights = tvm.get_model_weights(name).DEFAULT
         model = tvm.get_model(name, weights=weights)
         if num_classes != len(weights.meta["categories"]):
-            raise UserError(f"torchvision/{name} pretrained weights have {len(weights.meta['categories'])} classes, not {num_classes}; use --checkpoint for a fine-tuned head")
+            raise UserError(
+                f"torchvision/{name} pretrained weights have {len(weights.meta['categories'])} classes, not {num_classes}; use --checkpoint for a fine-tuned head"
+            )
         return model, None
     return tvm.get_model(name, weights=None, num_classes=num_classes), None
 
 
-def build_model(architecture: str, num_classes: int, in_chans: int = 3, pretrained: bool = False, checkpoint: str | None = None) -> LoadedModel:
+def build_model(
+    architecture: str, num_classes: int, in_chans: int = 3, pretrained: bool = False, checkpoint: str | None = None
+) -> LoadedModel:
     if pretrained and checkpoint:
         raise UserError("pass either --pretrained or --checkpoint, not both")
     try:
@@ -72,7 +76,9 @@ def build_model(architecture: str, num_classes: int, in_chans: int = 3, pretrain
     except Exception as err:  # hub download failures come in many types (OSError, HTTPError, LocalEntryNotFoundError…)
         if not pretrained:
             raise
-        raise UserError(f"could not fetch pretrained weights for {architecture} ({err.__class__.__name__}); offline clusters need --checkpoint FILE (spec.models[].checkpoint)") from None
+        raise UserError(
+            f"could not fetch pretrained weights for {architecture} ({err.__class__.__name__}); offline clusters need --checkpoint FILE (spec.models[].checkpoint)"
+        ) from None
     weights = "pretrained" if pretrained else "random"
     if checkpoint:
         load_checkpoint(module, checkpoint, architecture, num_classes)
@@ -92,7 +98,9 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(str(file), map_location="cpu", weights_only=True)
     except Exception as err:
-        raise UserError(f"checkpoint {path} is not a readable .pth/.safetensors state dict ({err.__class__.__name__}: {str(err).splitlines()[0][:120]})") from None
+        raise UserError(
+            f"checkpoint {path} is not a readable .pth/.safetensors state dict ({err.__class__.__name__}: {str(err).splitlines()[0][:120]})"
+        ) from None
     for key in STATE_DICT_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -102,7 +110,7 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     # DataParallel / DDP / torch.compile prefixes
     for prefix in ("module.", "_orig_mod."):
         if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -116,8 +124,14 @@ def load_checkpoint(module: nn.Module, path: str, architecture: str, num_classes
         key = mismatched[0]
         shape, want = tuple(state[key].shape), tuple(expected[key].shape)
         if shape[:1] != want[:1] and want[:1] == (num_classes,):
-            raise UserError(f"checkpoint {path} has {shape[0]} classes ({key} {shape}) but the model was built for {num_classes}; set --num-classes {shape[0]} (spec.models[].numClasses) or use the matching dataset")
-        raise UserError(f"checkpoint {path} does not fit {architecture}: {key} is {shape} in the file, {want} in the model; check --model and --in-chans")
+            raise UserError(
+                f"checkpoint {path} has {shape[0]} classes ({key} {shape}) but the model was built for {num_classes}; set --num-classes {shape[0]} (spec.models[].numClasses) or use the matching dataset"
+            )
+        raise UserError(
+            f"checkpoint {path} does not fit {architecture}: {key} is {shape} in the file, {want} in the model; check --model and --in-chans"
+        )
     if missing or unexpected:
-        raise UserError(f"checkpoint {path} does not fit {architecture}: {len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}); check --model")
+        raise UserError(
+            f"checkpoint {path} does not fit {architecture}: {len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}); check --model"
+        )
     module.load_state_dict(state, strict=True)

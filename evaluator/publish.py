@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import time
 
-from abtest_operator.errors import UserError
+from abtest_api.constants import GROUP, PLURAL, VERSION
+from abtest_api.errors import UserError
+from abtest_api.result import check_status_result
 
-GROUP, VERSION, PLURAL = "abtest.dev", "v1alpha1", "abtests"
 RETRYABLE = {409, 429, 500, 502, 503, 504}
 log = logging.getLogger(__name__)
 
@@ -35,15 +36,17 @@ def publish_result(ref: str, summary: dict, api=None, attempts: int = 5, sleep=t
     from kubernetes.client.exceptions import ApiException
 
     namespace, name = parse_reference(ref)
+    body = {"status": {"result": check_status_result(summary)}}
     api = api or custom_objects_api()
-    body = {"status": {"result": summary}}
     for attempt in range(attempts):
         try:
             api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, body)
             return
         except ApiException as err:
             if err.status == 403:
-                raise UserError(f"not allowed to patch abtests/status of {ref}; grant the analysis ServiceAccount 'patch' on abtests/status in {namespace}") from None
+                raise UserError(
+                    f"not allowed to patch abtests/status of {ref}; grant the analysis ServiceAccount 'patch' on abtests/status in {namespace}"
+                ) from None
             if err.status == 404:
                 raise UserError(f"ABTest {ref} does not exist (deleted while the analysis ran?)") from None
             if err.status not in RETRYABLE or attempt == attempts - 1:

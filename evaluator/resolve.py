@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from abtest_operator.errors import UserError
+from abtest_api.errors import UserError
 
 # timm's defaults (timm/data/constants.py), used when a model has no pretrained config.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -1,4 +1,5 @@
-"""Result files on the shared volume: atomic writes, checksums, and predictions readers that merge shards.
+"""Result files on the shared volume: atomic writes, checksums, predictions readers that merge shards, and
+the integrity checks the analysis runs before it trusts them (checksums, complete indices, same samples).
 
 Torch-free: the analysis reads these without the evaluator's heavy dependencies.
 """
@@ -9,15 +10,16 @@ import hashlib
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from abtest_operator.errors import UserError
+from abtest_api.constants import METRICS, PREDICTIONS
+from abtest_api.errors import UserError
 
-PREDICTIONS = "predictions.parquet"
-METRICS = "metrics.json"
 SHARD_RE = re.compile(r"predictions-(\d{5})-of-(\d{5})\.parquet")
 PREDICTION_COLUMNS = ("index", "label", "pred", "confidence")
 
@@ -94,3 +96,91 @@ def read_metrics(model_dir: Path) -> dict:
         raise UserError(f"{path} is missing; the evaluation of this model did not finish") from None
     except json.JSONDecodeError as err:
         raise UserError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+
+
+@dataclass
+class ModelData:
+    name: str
+    metrics: dict
+    labels: np.ndarray
+    correct: np.ndarray  # bool per sample, in index order
+    confidence: np.ndarray
+
+
+def model_dirs(root: Path, models: list[str] | None = None) -> list[Path]:
+    """The model folders, in the given order (A, B, … as the ABTest lists them), else by name."""
+    if not root.is_dir():
+        raise UserError(f"results folder {root} does not exist; pass the --out folder of the evaluations")
+    if models:
+        missing = [m for m in models if not (root / m).is_dir()]
+        if missing:
+            raise UserError(f"{root} has no folder for model(s) {', '.join(missing)}; did their evaluation run?")
+        dirs = [root / m for m in models]
+    else:
+        dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(dirs) < 2:
+        raise UserError(f"{root} holds {len(dirs)} model folder(s); an A/B test needs at least 2 evaluated models")
+    return dirs
+
+
+def load_model(model_dir: Path) -> ModelData:
+    metrics = read_metrics(model_dir)
+    expected = metrics.get("predictions_sha256") or {}
+    files = predictions_files(model_dir)
+    for file in files:
+        if expected.get(file.name) != sha256_file(file):
+            raise UserError(
+                f"{file} does not match the sha256 in {model_dir / METRICS}; it changed after the evaluation: re-run that model"
+            )
+    table = read_predictions(model_dir)
+    for column in PREDICTION_COLUMNS:
+        if table.column(column).null_count:
+            raise UserError(
+                f"{model_dir.name}: predictions column {column!r} has {table.column(column).null_count} missing values; re-run that model"
+            )
+    index = table.column("index").to_numpy()
+    if not np.array_equal(index, np.arange(len(index))):
+        raise UserError(
+            f"{model_dir.name}: predictions index is not 0..{len(index) - 1} in order (missing or repeated samples); re-run that model"
+        )
+    labels = table.column("label").to_numpy()
+    confidence = table.column("confidence").to_numpy()
+    if np.isnan(confidence).any():
+        raise UserError(
+            f"{model_dir.name}: predictions hold NaN confidences (a diverged model or broken AMP); re-run without --amp or check the checkpoint"
+        )
+    if metrics.get("n") != len(labels):
+        raise UserError(
+            f"{model_dir.name}: metrics.json says n={metrics.get('n')} but predictions hold {len(labels)} rows; re-run that model"
+        )
+    name = metrics.get("model") or model_dir.name
+    return ModelData(name, metrics, labels, table.column("pred").to_numpy() == labels, confidence)
+
+
+def check_same_samples(models: list[ModelData]) -> None:
+    """Refuse unless every model saw the same samples, in the same order, with the same labels."""
+    ref = models[0]
+    for other in models[1:]:
+        if len(other.labels) != len(ref.labels):
+            raise UserError(
+                f"models saw different numbers of samples ({ref.name}: {len(ref.labels)}, {other.name}: {len(other.labels)}); evaluate all with the same dataset, split and limit"
+            )
+        if other.metrics.get("fingerprint") != ref.metrics.get("fingerprint"):
+            raise UserError(
+                f"models saw different samples or orders (fingerprint of {ref.name} != {other.name}); evaluate all with the same dataset, split, limit and seed"
+            )
+        if not np.array_equal(other.labels, ref.labels):
+            mismatch = int(np.flatnonzero(other.labels != ref.labels)[0])
+            raise UserError(
+                f"labels differ between {ref.name} and {other.name} (first at index {mismatch}); evaluate all on the same dataset"
+            )
+
+
+def load_models(root: Path, order: list[str] | None = None) -> list[ModelData]:
+    """Every model's predictions and metrics, checked to be comparable; a UserError otherwise."""
+    models = [load_model(d) for d in model_dirs(root, order)]
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise UserError(f"two model folders report the same model name ({', '.join(names)}); give each model a distinct --name")
+    check_same_samples(models)
+    return models

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from abtest_operator.errors import UserError
+from abtest_api.errors import UserError
 
 
 def seed_everything(seed: int, device_type: str) -> None:
@@ -43,8 +43,15 @@ class BatchOutput:
 
 
 class Runner:
-    def __init__(self, module: nn.Module, device: str, amp_dtype: str | None = None, channels_last: bool = False,
-                 compile: bool = False, topk: int = 5):
+    def __init__(
+        self,
+        module: nn.Module,
+        device: str,
+        amp_dtype: str | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        topk: int = 5,
+    ):
         self.device = torch.device(device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         module = module.to(self.device, memory_format=self.memory_format).eval()
@@ -54,7 +61,10 @@ class Runner:
 
     def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None),
+        ):
             logits = self.model(images)
             probs = logits.float().softmax(dim=-1)
             confidence, topk = probs.topk(min(self.topk, probs.shape[-1]), dim=-1)
@@ -77,13 +87,18 @@ class Runner:
             topk, confidence = self._forward(images)
             return BatchOutput(topk, confidence, time.perf_counter() - start)
         except torch.OutOfMemoryError:
-            raise UserError(f"out of memory on {self.device} at batch size {images.shape[0]}; retry with --batch-size {max(1, images.shape[0] // 2)} (spec.batchSize)") from None
+            raise UserError(
+                f"out of memory on {self.device} at batch size {images.shape[0]}; retry with --batch-size {max(1, images.shape[0] // 2)} (spec.batchSize)"
+            ) from None
 
     def gpu_memory(self) -> dict | None:
         """Peak allocated and reserved bytes on the GPU; None on CPU."""
         if self.device.type != "cuda":
             return None
-        return {"max_allocated_bytes": torch.cuda.max_memory_allocated(self.device), "max_reserved_bytes": torch.cuda.max_memory_reserved(self.device)}
+        return {
+            "max_allocated_bytes": torch.cuda.max_memory_allocated(self.device),
+            "max_reserved_bytes": torch.cuda.max_memory_reserved(self.device),
+        }
 
     def device_name(self) -> str:
         if self.device.type == "cuda":

@@ -15,8 +15,9 @@ from statsmodels.stats.contingency_tables import cochrans_q, mcnemar
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
+from abtest_api.result import P_FLOOR, format_p
+
 EXACT_BELOW = 25  # auto: exact binomial test below this many discordant pairs (the usual rule of thumb)
-P_FLOOR = 1e-300  # smaller p-values are reported as this bound, never as 0
 
 
 @dataclass(frozen=True)
@@ -64,12 +65,6 @@ class PValue:
     @property
     def text(self) -> str:
         return format_p(self.value, self.bounded)
-
-
-def format_p(p: float, bounded: bool = False) -> str:
-    if bounded:
-        return f"< {P_FLOOR:.0e}"
-    return f"{p:.3g}" if p >= 1e-4 else f"{p:.2e}"
 
 
 def _p_value(p: float, log_p: float) -> PValue:
@@ -144,8 +139,15 @@ def cochran_q(correct: np.ndarray, alpha: float) -> dict:
     res = cochrans_q(correct.astype(np.int8))
     log_p = chi2_logsf(res.statistic, res.df)
     p = _p_value(float(res.pvalue), float(log_p))
-    return {"test": "cochrans_q", "statistic": float(res.statistic), "df": int(res.df), "p_value": p.value,
-            "p_value_text": p.text, "log10_p_value": p.log10, "significant": p.value < alpha}
+    return {
+        "test": "cochrans_q",
+        "statistic": float(res.statistic),
+        "df": int(res.df),
+        "p_value": p.value,
+        "p_value_text": p.text,
+        "log10_p_value": p.log10,
+        "significant": p.value < alpha,
+    }
 
 
 def min_detectable_diff(n: int, discordant_rate: float, alpha: float, power: float = 0.8) -> float | None:
@@ -180,7 +182,7 @@ def ratio_of_medians(a: np.ndarray, b: np.ndarray, seed: int = 0, resamples: int
         m = min(step, resamples - start)
         ma = np.median(rng.choice(a, (m, len(a))), axis=1)
         mb = np.median(rng.choice(b, (m, len(b))), axis=1)
-        ratios[start:start + m] = ma / mb
+        ratios[start : start + m] = ma / mb
     lo, hi = np.percentile(ratios, [2.5, 97.5])
     return {"estimate": float(np.median(a) / np.median(b)), "ci95": [float(lo), float(hi)]}
 

@@ -25,10 +25,14 @@ class EvalTelemetry:
 
         self.samples = metric(Counter, "abtest_samples_processed", "Samples evaluated so far.")
         self.samples_total = metric(Gauge, "abtest_samples_total", "Samples this evaluation will process.")
-        self.batch_latency = metric(Histogram, "abtest_batch_latency_seconds", "Inference time per batch (device-synchronised).", buckets=LATENCY_BUCKETS)
+        self.batch_latency = metric(
+            Histogram, "abtest_batch_latency_seconds", "Inference time per batch (device-synchronised).", buckets=LATENCY_BUCKETS
+        )
         self.accuracy = metric(Gauge, "abtest_running_accuracy", "Top-1 accuracy over the samples seen so far.")
         self.confidence = metric(Gauge, "abtest_confidence_mean", "Mean max-softmax confidence over the samples seen so far.")
-        self.throughput = metric(Gauge, "abtest_throughput_images_per_second", "Images per second of inference time so far (warm-up excluded).")
+        self.throughput = metric(
+            Gauge, "abtest_throughput_images_per_second", "Images per second of inference time so far (warm-up excluded)."
+        )
         self.completed = metric(Gauge, "abtest_evaluation_completed", "1 once the evaluation has written its results.")
         # Label-only families: a series exists only once a GPU sets it.
         self._gpu_memory = Gauge("abtest_gpu_memory_bytes", "GPU memory allocated by the evaluator (max so far).", lab, registry=r)

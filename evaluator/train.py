@@ -26,9 +26,21 @@ def digits_tensors(split: str, data_cfg: resolve.DataConfig) -> tuple[torch.Tens
     return images, torch.from_numpy(ds.labels)
 
 
-def train_digits(architecture: str, out: str | Path, *, in_chans: int = 3, input_size: int = 32, crop_pct: float = 1.0,
-                 mean=None, std=None, interpolation=None, epochs: int = 6, batch_size: int = 64, lr: float = 3e-3,
-                 seed: int = 0) -> dict:
+def train_digits(
+    architecture: str,
+    out: str | Path,
+    *,
+    in_chans: int = 3,
+    input_size: int = 32,
+    crop_pct: float = 1.0,
+    mean=None,
+    std=None,
+    interpolation=None,
+    epochs: int = 6,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    seed: int = 0,
+) -> dict:
     """Train on digits/train and save the state dict (.pth or .safetensors, by suffix) atomically."""
     torch.manual_seed(seed)
     loaded = models.build_model(architecture, 10, in_chans)
@@ -44,7 +56,7 @@ def train_digits(architecture: str, out: str | Path, *, in_chans: int = 3, input
     for _ in range(epochs):
         order = torch.randperm(len(images), generator=generator)
         for start in range(0, len(images), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(images[idx]), labels[idx])
             loss.backward()
@@ -68,5 +80,10 @@ def train_digits(architecture: str, out: str | Path, *, in_chans: int = 3, input
     tmp.replace(out)
     with torch.inference_mode():
         train_acc = float((model(images).argmax(-1) == labels).float().mean())
-    return {"architecture": architecture, "checkpoint": str(out), "seconds": time.perf_counter() - started, "train_accuracy": train_acc,
-            "sha256": results.sha256_file(out)}
+    return {
+        "architecture": architecture,
+        "checkpoint": str(out),
+        "seconds": time.perf_counter() - started,
+        "train_accuracy": train_acc,
+        "sha256": results.sha256_file(out),
+    }

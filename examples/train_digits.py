@@ -27,9 +27,16 @@ def main() -> None:
             target = (manifest.parent / model.checkpoint).resolve()
             if target in done or (target.exists() and not args.force):
                 continue
-            info = train_digits(model.architecture, target, in_chans=model.in_chans or 3, input_size=model.input_size or 32,
-                                crop_pct=model.crop_pct or 1.0, mean=model.mean, std=model.std,
-                                epochs=EPOCHS.get(model.architecture, 4))
+            info = train_digits(
+                model.architecture,
+                target,
+                in_chans=model.in_chans or 3,
+                input_size=model.input_size or 32,
+                crop_pct=model.crop_pct or 1.0,
+                mean=model.mean,
+                std=model.std,
+                epochs=EPOCHS.get(model.architecture, 4),
+            )
             done.add(target)
             print(f"trained {model.architecture} in {info['seconds']:.1f}s (train accuracy {info['train_accuracy']:.3f}) -> {target}")
 

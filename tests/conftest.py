@@ -30,7 +30,23 @@ def evaluated(tmp_path_factory, trained_models) -> Path:
     """Two models evaluated on digits/test through the CLI: DIR/resnet, DIR/vit."""
     root = tmp_path_factory.mktemp("evaluated")
     for name, arch in (("resnet", "timm/resnet10t"), ("vit", "timm/test_vit")):
-        proc = abtest_cli("evaluate", "--model", arch, "--checkpoint", trained_models[arch], "--dataset", "digits",
-                          *INPUT_FLAGS, "--device", "cpu", "--name", name, "--out", root / name, "--workers", "0")
+        proc = abtest_cli(
+            "evaluate",
+            "--model",
+            arch,
+            "--checkpoint",
+            trained_models[arch],
+            "--dataset",
+            "digits",
+            *INPUT_FLAGS,
+            "--device",
+            "cpu",
+            "--name",
+            name,
+            "--out",
+            root / name,
+            "--workers",
+            "0",
+        )
         assert proc.returncode == 0, proc.stderr
     return root

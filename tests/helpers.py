@@ -31,8 +31,13 @@ def model_cache_key() -> str:
 
 def abtest_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Runs the real `abtest` entry point in a fresh process, as users and Jobs do."""
-    return subprocess.run([sys.executable, "-m", "abtest_operator.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "abtest_operator.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def read_json(path: Path) -> dict:

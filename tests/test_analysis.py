@@ -16,19 +16,21 @@ import yaml
 from statsmodels.stats.contingency_tables import cochrans_q, mcnemar
 from statsmodels.stats.multitest import multipletests
 
+from abtest_api.errors import UserError
 from abtest_evaluator import results
 from abtest_evaluator.analysis import analyze, run_analysis
-from abtest_operator.errors import UserError
 from helpers import ROOT, abtest_cli, read_json
 
 
 def independent(root: Path, names: list[str], alpha=0.05):
     """Straight from the parquet files with statsmodels: what the analysis must reproduce."""
-    correct = {n: (lambda t: t.column("pred").to_numpy() == t.column("label").to_numpy())(pq.read_table(root / n / "predictions.parquet"))
-               for n in names}
+    correct = {
+        n: (lambda t: t.column("pred").to_numpy() == t.column("label").to_numpy())(pq.read_table(root / n / "predictions.parquet"))
+        for n in names
+    }
     pairs, pvals = [], []
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             n10 = int((correct[a] & ~correct[b]).sum())
             n01 = int((~correct[a] & correct[b]).sum())
             exact = n10 + n01 < 25
@@ -50,7 +52,7 @@ def test_analyze_cli_matches_statsmodels(evaluated, tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = read_json(root / "result.json")
     _, pairs, pvals, _ = independent(root, ["resnet", "vit"])
-    (a, b, n01, n10, diff), = pairs
+    ((a, b, n01, n10, diff),) = pairs
     (comp,) = result["comparisons"]
     assert (comp["a"], comp["b"], comp["n01"], comp["n10"]) == (a, b, n01, n10)
     assert comp["p_value"] == pytest.approx(pvals[0], rel=1e-9) and comp["p_value_adjusted"] == comp["p_value"]
@@ -60,7 +62,7 @@ def test_analyze_cli_matches_statsmodels(evaluated, tmp_path):
     assert result["models"]["resnet"]["n"] == 360
     assert result["verdict"] in proc.stdout and "resnet" in proc.stdout.splitlines()[1]
     html = (root / "report.html").read_text()
-    assert html.count("data:image/png;base64,") >= 4 and "src=\"http" not in html and result["verdict"] in html
+    assert html.count("data:image/png;base64,") >= 4 and 'src="http' not in html and result["verdict"] in html
 
 
 def test_swapped_folders_give_the_same_p(evaluated, tmp_path):
@@ -83,6 +85,7 @@ def _set_column(name, values_fn):
     def change(table):
         i = table.schema.get_field_index(name)
         return table.set_column(i, table.schema.field(name), values_fn(table.column(name)))
+
     return change
 
 
@@ -94,19 +97,52 @@ def _rehash(model_dir: Path) -> None:
 
 REFUSALS = {
     "sha256 mismatch": (lambda root: _tamper_parquet(root / "vit" / "predictions.parquet", lambda t: t), "does not match the sha256"),
-    "different fingerprint": (lambda root: (root / "vit" / "metrics.json").write_text(
-        json.dumps({**read_json(root / "vit" / "metrics.json"), "fingerprint": "0" * 64})), "different samples or orders"),
-    "different count": (lambda root: (_tamper_parquet(root / "vit" / "predictions.parquet", lambda t: t.slice(0, 300)),
-                                      (root / "vit" / "metrics.json").write_text(json.dumps({**read_json(root / "vit" / "metrics.json"), "n": 300})),
-                                      _rehash(root / "vit")), "different numbers of samples"),
-    "different labels": (lambda root: (_tamper_parquet(root / "vit" / "predictions.parquet", _set_column("label", lambda c: pa.array((c.to_numpy() + 1) % 10))),
-                                       _rehash(root / "vit")), "labels differ between resnet and vit"),
-    "different order": (lambda root: (_tamper_parquet(root / "vit" / "predictions.parquet", _set_column("index", lambda c: pa.array(c.to_numpy()[::-1].copy()))),
-                                      _rehash(root / "vit")), "index is not 0..359 in order"),
-    "NaN confidence": (lambda root: (_tamper_parquet(root / "vit" / "predictions.parquet", _set_column("confidence", lambda c: pa.array(np.full(len(c), np.nan, np.float32)))),
-                                     _rehash(root / "vit")), "NaN confidences"),
-    "missing values": (lambda root: (_tamper_parquet(root / "vit" / "predictions.parquet", _set_column("pred", lambda c: pa.array([None] + c.to_pylist()[1:], pa.int64()))),
-                                     _rehash(root / "vit")), "has 1 missing values"),
+    "different fingerprint": (
+        lambda root: (root / "vit" / "metrics.json").write_text(
+            json.dumps({**read_json(root / "vit" / "metrics.json"), "fingerprint": "0" * 64})
+        ),
+        "different samples or orders",
+    ),
+    "different count": (
+        lambda root: (
+            _tamper_parquet(root / "vit" / "predictions.parquet", lambda t: t.slice(0, 300)),
+            (root / "vit" / "metrics.json").write_text(json.dumps({**read_json(root / "vit" / "metrics.json"), "n": 300})),
+            _rehash(root / "vit"),
+        ),
+        "different numbers of samples",
+    ),
+    "different labels": (
+        lambda root: (
+            _tamper_parquet(root / "vit" / "predictions.parquet", _set_column("label", lambda c: pa.array((c.to_numpy() + 1) % 10))),
+            _rehash(root / "vit"),
+        ),
+        "labels differ between resnet and vit",
+    ),
+    "different order": (
+        lambda root: (
+            _tamper_parquet(root / "vit" / "predictions.parquet", _set_column("index", lambda c: pa.array(c.to_numpy()[::-1].copy()))),
+            _rehash(root / "vit"),
+        ),
+        "index is not 0..359 in order",
+    ),
+    "NaN confidence": (
+        lambda root: (
+            _tamper_parquet(
+                root / "vit" / "predictions.parquet", _set_column("confidence", lambda c: pa.array(np.full(len(c), np.nan, np.float32)))
+            ),
+            _rehash(root / "vit"),
+        ),
+        "NaN confidences",
+    ),
+    "missing values": (
+        lambda root: (
+            _tamper_parquet(
+                root / "vit" / "predictions.parquet", _set_column("pred", lambda c: pa.array([None] + c.to_pylist()[1:], pa.int64()))
+            ),
+            _rehash(root / "vit"),
+        ),
+        "has 1 missing values",
+    ),
     "missing metrics": (lambda root: (root / "vit" / "metrics.json").unlink(), "metrics.json is missing"),
     "one model": (lambda root: shutil.rmtree(root / "vit"), "needs at least 2 evaluated models"),
 }
@@ -171,7 +207,9 @@ def test_power_warning_when_too_few_samples(evaluated, tmp_path):
         table = pq.read_table(evaluated / name / "predictions.parquet").slice(0, 40)
         pq.write_table(table, root / name / "predictions.parquet")
         metrics = read_json(evaluated / name / "metrics.json")
-        metrics.update(n=40, fingerprint="same", predictions_sha256={"predictions.parquet": results.sha256_file(root / name / "predictions.parquet")})
+        metrics.update(
+            n=40, fingerprint="same", predictions_sha256={"predictions.parquet": results.sha256_file(root / name / "predictions.parquet")}
+        )
         (root / name / "metrics.json").write_text(json.dumps(metrics))
     result = run_analysis(root)
     (c,) = result["comparisons"]
@@ -184,10 +222,19 @@ def test_power_warning_when_too_few_samples(evaluated, tmp_path):
 
 
 def _manifest(tmp_path: Path, trained_models, models: list[tuple[str, str]], name="local") -> Path:
-    manifest = {"apiVersion": "abtest.dev/v1alpha1", "kind": "ABTest", "metadata": {"name": name},
-                "spec": {"device": "cpu", "workers": 0, "dataset": {"name": "digits"},
-                         "models": [{"name": n, "architecture": a, "checkpoint": str(trained_models[a]), "inputSize": 32, "cropPct": 1.0}
-                                    for n, a in models]}}
+    manifest = {
+        "apiVersion": "abtest.dev/v1alpha1",
+        "kind": "ABTest",
+        "metadata": {"name": name},
+        "spec": {
+            "device": "cpu",
+            "workers": 0,
+            "dataset": {"name": "digits"},
+            "models": [
+                {"name": n, "architecture": a, "checkpoint": str(trained_models[a]), "inputSize": 32, "cropPct": 1.0} for n, a in models
+            ],
+        },
+    }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(manifest))
     return path
@@ -221,18 +268,28 @@ def test_run_three_models_uses_cochran_and_holm(tmp_path, trained_models):
     order = [n for n, _ in names]  # A, B, C as the manifest lists them
     correct, pairs, pvals, adjusted = independent(out, order)
     by_pair = {(c["a"], c["b"]): c for c in result["comparisons"]}
-    for (a, b, n01, n10, diff), p, p_adj in zip(pairs, pvals, adjusted):
+    for (a, b, n01, n10, _diff), p, p_adj in zip(pairs, pvals, adjusted):
         c = by_pair[(a, b)]
         assert (c["n01"], c["n10"]) == (n01, n10)
         assert c["p_value"] == pytest.approx(p, rel=1e-9) and c["p_value_adjusted"] == pytest.approx(p_adj, rel=1e-9)
     q = cochrans_q(np.column_stack([correct[n] for n in order]).astype(int))
-    assert result["omnibus"]["statistic"] == pytest.approx(q.statistic) and result["omnibus"]["p_value"] == pytest.approx(max(q.pvalue, 1e-300))
+    assert result["omnibus"]["statistic"] == pytest.approx(q.statistic) and result["omnibus"]["p_value"] == pytest.approx(
+        max(q.pvalue, 1e-300)
+    )
+
     def pair(x, y):
         return by_pair.get((x, y)) or by_pair[(y, x)]
 
-    winners = [n for n in order if all(
-        pair(n, o)["significant"] and (read_json(out / n / "metrics.json")["accuracy"] > read_json(out / o / "metrics.json")["accuracy"])
-        for o in order if o != n)]
+    winners = [
+        n
+        for n in order
+        if all(
+            pair(n, o)["significant"]
+            and (read_json(out / n / "metrics.json")["accuracy"] > read_json(out / o / "metrics.json")["accuracy"])
+            for o in order
+            if o != n
+        )
+    ]
     assert result["winner"] == (winners[0] if winners else None)
     assert "Cochran's Q" in proc.stdout and "Holm" in proc.stdout
 
@@ -260,8 +317,12 @@ def test_ctrl_c_stops_every_child_and_leaves_no_results(tmp_path, trained_models
     doc["spec"]["dataset"]["split"] = "train"
     doc["spec"]["batchSize"] = 4
     manifest.write_text(yaml.safe_dump(doc))
-    proc = subprocess.Popen([sys.executable, "-m", "abtest_operator.cli", "run", str(manifest), "--out", str(tmp_path / "out")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "abtest_operator.cli", "run", str(manifest), "--out", str(tmp_path / "out")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not list(tmp_path.glob(".out.staging-*/*")):
         time.sleep(0.1)

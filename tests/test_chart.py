@@ -30,24 +30,43 @@ def test_crd_copy_is_identical():
 
 
 def test_lint(helm):
-    for sets in ([], ["metrics.serviceMonitor.enabled=true,metrics.podMonitor.enabled=true,metrics.prometheusRule.enabled=true"],
-                 ["operator.replicas=2,peering.enabled=true"]):
-        out = subprocess.run([helm, "lint", str(CHART), "--strict", "--kube-version", "1.37.2", *(["--set", *sets] if sets else [])],
-                             capture_output=True, text=True)
+    for sets in (
+        [],
+        ["metrics.serviceMonitor.enabled=true,metrics.podMonitor.enabled=true,metrics.prometheusRule.enabled=true"],
+        ["operator.replicas=2,peering.enabled=true"],
+    ):
+        out = subprocess.run(
+            [helm, "lint", str(CHART), "--strict", "--kube-version", "1.37.2", *(["--set", *sets] if sets else [])],
+            capture_output=True,
+            text=True,
+        )
         assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_defaults_render_secure_objects(helm):
     docs = render(helm)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "CustomResourceDefinition", "Deployment", "Service", "ServiceAccount"]
+    assert kinds == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "CustomResourceDefinition",
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+    ]
     crd = next(d for d in docs if d["kind"] == "CustomResourceDefinition")
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert crd["spec"] == yaml.safe_load((ROOT / "crds" / "abtest.yaml").read_text())["spec"]
     pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
     c = pod["containers"][0]
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
-    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
+    assert c["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
     assert c["resources"]["requests"] and c["args"][0] == "operator"
     rules = next(d for d in docs if d["kind"] == "ClusterRole")["rules"]
     assert not any("secrets" in r["resources"] or "*" in r["verbs"] or "*" in r["resources"] for r in rules)
@@ -56,15 +75,25 @@ def test_defaults_render_secure_objects(helm):
 
 
 def test_optional_monitoring_and_crd_switches(helm):
-    kinds = {d["kind"] for d in render(helm, "metrics.serviceMonitor.enabled=true", "metrics.podMonitor.enabled=true",
-                                      "metrics.prometheusRule.enabled=true", "crds.enabled=false")}
+    kinds = {
+        d["kind"]
+        for d in render(
+            helm,
+            "metrics.serviceMonitor.enabled=true",
+            "metrics.podMonitor.enabled=true",
+            "metrics.prometheusRule.enabled=true",
+            "crds.enabled=false",
+        )
+    }
     assert {"ServiceMonitor", "PodMonitor", "PrometheusRule"} <= kinds and "CustomResourceDefinition" not in kinds
     crd = next(d for d in render(helm, "crds.keep=false") if d["kind"] == "CustomResourceDefinition")
     assert "annotations" not in crd["metadata"]
 
 
 def test_contradictory_values_fail(helm):
-    out = subprocess.run([helm, "template", "x", str(CHART), "--kube-version", "1.37.2", "--set", "operator.replicas=2"], capture_output=True, text=True)
+    out = subprocess.run(
+        [helm, "template", "x", str(CHART), "--kube-version", "1.37.2", "--set", "operator.replicas=2"], capture_output=True, text=True
+    )
     assert out.returncode != 0 and "needs peering.enabled=true" in out.stderr
 
 
@@ -89,6 +118,8 @@ def test_values_are_documented():
         is_section = stripped.endswith(":") and not comments
         if is_section:
             continue
-        assert any("Example" in c for c in comments) and len(comments) >= 2, f"values.yaml line {i + 1} ({stripped}) needs a sentence and an example"
+        assert any("Example" in c for c in comments) and len(comments) >= 2, (
+            f"values.yaml line {i + 1} ({stripped}) needs a sentence and an example"
+        )
         if stripped.endswith(":"):
             exempt_below = indent

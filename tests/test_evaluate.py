@@ -52,8 +52,24 @@ def test_fingerprints_equal_across_models(evaluated):
 def test_identical_runs_give_identical_predictions(tmp_path, trained_models):
     outs = []
     for run in ("a", "b"):
-        proc = abtest_cli("evaluate", "--model", "timm/test_vit", "--checkpoint", trained_models["timm/test_vit"], "--dataset", "digits",
-                          *INPUT_FLAGS, "--device", "cpu", "--workers", "2", "--batch-size", "32", "--out", tmp_path / run)
+        proc = abtest_cli(
+            "evaluate",
+            "--model",
+            "timm/test_vit",
+            "--checkpoint",
+            trained_models["timm/test_vit"],
+            "--dataset",
+            "digits",
+            *INPUT_FLAGS,
+            "--device",
+            "cpu",
+            "--workers",
+            "2",
+            "--batch-size",
+            "32",
+            "--out",
+            tmp_path / run,
+        )
         assert proc.returncode == 0, proc.stderr
         outs.append(pq.read_table(tmp_path / run / "predictions.parquet"))
     for column in ("pred", "confidence", "top5"):
@@ -64,8 +80,24 @@ def test_random_weights_are_seeded(tmp_path):
     tables = []
     for seed in ("7", "7", "8"):
         out = tmp_path / f"s{seed}-{len(tables)}"
-        proc = abtest_cli("evaluate", "--model", "timm/test_resnet", "--dataset", "digits", "--limit", "40", *INPUT_FLAGS,
-                          "--device", "cpu", "--seed", seed, "--workers", "0", "--out", out)
+        proc = abtest_cli(
+            "evaluate",
+            "--model",
+            "timm/test_resnet",
+            "--dataset",
+            "digits",
+            "--limit",
+            "40",
+            *INPUT_FLAGS,
+            "--device",
+            "cpu",
+            "--seed",
+            seed,
+            "--workers",
+            "0",
+            "--out",
+            out,
+        )
         assert proc.returncode == 0, proc.stderr
         assert read_json(out / "metrics.json")["weights"] == "random"
         tables.append(pq.read_table(out / "predictions.parquet").column("confidence").to_numpy())
@@ -74,8 +106,24 @@ def test_random_weights_are_seeded(tmp_path):
 
 
 def test_amp_and_channels_last_on_cpu(tmp_path, trained_models):
-    proc = abtest_cli("evaluate", "--model", "timm/resnet10t", "--checkpoint", trained_models["timm/resnet10t"], "--dataset", "digits",
-                      *INPUT_FLAGS, "--device", "cpu", "--amp", "--channels-last", "--workers", "0", "--out", tmp_path)
+    proc = abtest_cli(
+        "evaluate",
+        "--model",
+        "timm/resnet10t",
+        "--checkpoint",
+        trained_models["timm/resnet10t"],
+        "--dataset",
+        "digits",
+        *INPUT_FLAGS,
+        "--device",
+        "cpu",
+        "--amp",
+        "--channels-last",
+        "--workers",
+        "0",
+        "--out",
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     metrics = read_json(tmp_path / "metrics.json")
     assert metrics["device"]["amp_dtype"] == "bfloat16" and metrics["device"]["channels_last"]
@@ -93,8 +141,22 @@ def _state_dict_variants(tmp_path, checkpoint):
 
 def test_checkpoint_wrappers_and_prefixes_are_unwrapped(tmp_path, trained_models, evaluated):
     wrapped = _state_dict_variants(tmp_path, trained_models["timm/resnet10t"])
-    proc = abtest_cli("evaluate", "--model", "timm/resnet10t", "--checkpoint", wrapped, "--dataset", "digits", *INPUT_FLAGS,
-                      "--device", "cpu", "--workers", "0", "--out", tmp_path / "out")
+    proc = abtest_cli(
+        "evaluate",
+        "--model",
+        "timm/resnet10t",
+        "--checkpoint",
+        wrapped,
+        "--dataset",
+        "digits",
+        *INPUT_FLAGS,
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--out",
+        tmp_path / "out",
+    )
     assert proc.returncode == 0, proc.stderr
     assert read_json(tmp_path / "out" / "metrics.json")["accuracy"] == read_json(evaluated / "resnet" / "metrics.json")["accuracy"]
 
@@ -102,13 +164,25 @@ def test_checkpoint_wrappers_and_prefixes_are_unwrapped(tmp_path, trained_models
 BAD_INPUTS = {
     "unknown model": (["--model", "timm/resnet18x", "--dataset", "digits"], r"unknown model 'timm/resnet18x'; did you mean timm/resnet18"),
     "bad library": (["--model", "keras/resnet", "--dataset", "digits"], r"must be timm/NAME or torchvision/NAME"),
-    "missing checkpoint": (["--model", "timm/resnet10t", "--checkpoint", "/nonexistent/x.pth", "--dataset", "digits"], r"checkpoint /nonexistent/x.pth does not exist"),
+    "missing checkpoint": (
+        ["--model", "timm/resnet10t", "--checkpoint", "/nonexistent/x.pth", "--dataset", "digits"],
+        r"checkpoint /nonexistent/x.pth does not exist",
+    ),
     "class count": (["--model", "timm/resnet10t", "--dataset", "digits", "--num-classes", "5"], r"has 10 classes .* --num-classes 10"),
-    "dataset path": (["--model", "timm/resnet10t", "--dataset", "imagefolder", "--path", "/nonexistent/data"], r"dataset path /nonexistent/data is not a readable directory"),
+    "dataset path": (
+        ["--model", "timm/resnet10t", "--dataset", "imagefolder", "--path", "/nonexistent/data"],
+        r"dataset path /nonexistent/data is not a readable directory",
+    ),
     "unknown dataset": (["--model", "timm/resnet10t", "--dataset", "mnistt"], r"--dataset 'mnistt' is unknown"),
-    "cuda absent": (["--model", "timm/resnet10t", "--dataset", "digits", "--device", "cuda"], r"--device cuda was requested but no CUDA GPU"),
+    "cuda absent": (
+        ["--model", "timm/resnet10t", "--dataset", "digits", "--device", "cuda"],
+        r"--device cuda was requested but no CUDA GPU",
+    ),
     "batch size": (["--model", "timm/resnet10t", "--dataset", "digits", "--batch-size", "0"], r"--batch-size must be at least 1"),
-    "pretrained offline": (["--model", "timm/resnet10t", "--dataset", "digits", "--pretrained"], r"could not fetch pretrained weights for timm/resnet10t .* --checkpoint"),
+    "pretrained offline": (
+        ["--model", "timm/resnet10t", "--dataset", "digits", "--pretrained"],
+        r"could not fetch pretrained weights for timm/resnet10t .* --checkpoint",
+    ),
 }
 
 
@@ -126,8 +200,18 @@ def test_bad_input_gives_one_line_and_no_files(tmp_path, case):
 
 
 def test_mismatched_checkpoint_is_explained(tmp_path, trained_models):
-    proc = abtest_cli("evaluate", "--model", "timm/test_vit", "--checkpoint", trained_models["timm/resnet10t"], "--dataset", "digits",
-                      *INPUT_FLAGS, "--out", tmp_path / "out")
+    proc = abtest_cli(
+        "evaluate",
+        "--model",
+        "timm/test_vit",
+        "--checkpoint",
+        trained_models["timm/resnet10t"],
+        "--dataset",
+        "digits",
+        *INPUT_FLAGS,
+        "--out",
+        tmp_path / "out",
+    )
     assert proc.returncode == 2 and "does not fit timm/test_vit" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
 
@@ -135,8 +219,8 @@ def test_mismatched_checkpoint_is_explained(tmp_path, trained_models):
 def test_checkpoint_with_other_class_count_suggests_the_flag(tmp_path, trained_models):
     import torch
 
+    from abtest_api.errors import UserError
     from abtest_evaluator.models import build_model
-    from abtest_operator.errors import UserError
 
     with pytest.raises(UserError, match=r"has 10 classes .* set --num-classes 10"):
         build_model("timm/resnet10t", 100, checkpoint=str(trained_models["timm/resnet10t"]))
@@ -152,8 +236,8 @@ def test_checkpoint_with_other_class_count_suggests_the_flag(tmp_path, trained_m
 def test_out_of_memory_suggests_a_smaller_batch():
     import torch
 
+    from abtest_api.errors import UserError
     from abtest_evaluator.runner import Runner
-    from abtest_operator.errors import UserError
 
     class Exhausted(torch.nn.Module):
         def forward(self, x):
@@ -178,11 +262,44 @@ def test_metrics_endpoint_shows_progress_while_running(tmp_path, trained_models)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "abtest_operator.cli", "evaluate", "--model", "timm/resnet10t", "--checkpoint",
-                             str(trained_models["timm/resnet10t"]), "--dataset", "digits", "--split", "train", "--input-size", "96",
-                             "--crop-pct", "1", "--batch-size", "8", "--workers", "0", "--device", "cpu", "--metrics-port", str(port),
-                             "--abtest", "live", "--namespace", "ns", "--name", "resnet", "--out", str(tmp_path)],
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "abtest_operator.cli",
+            "evaluate",
+            "--model",
+            "timm/resnet10t",
+            "--checkpoint",
+            str(trained_models["timm/resnet10t"]),
+            "--dataset",
+            "digits",
+            "--split",
+            "train",
+            "--input-size",
+            "96",
+            "--crop-pct",
+            "1",
+            "--batch-size",
+            "8",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--metrics-port",
+            str(port),
+            "--abtest",
+            "live",
+            "--namespace",
+            "ns",
+            "--name",
+            "resnet",
+            "--out",
+            str(tmp_path),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen, text = [], ""
     deadline = time.time() + 120
     while proc.poll() is None and time.time() < deadline:
@@ -195,8 +312,13 @@ def test_metrics_endpoint_shows_progress_while_running(tmp_path, trained_models)
         time.sleep(0.05)
     assert proc.wait(timeout=30) == 0, proc.stderr.read()
     assert len(seen) >= 3 and seen == sorted(seen) and seen[-1] > seen[0], seen
-    for family in ("abtest_samples_total", "abtest_batch_latency_seconds_bucket", "abtest_running_accuracy", "abtest_confidence_mean",
-                   "abtest_throughput_images_per_second"):
+    for family in (
+        "abtest_samples_total",
+        "abtest_batch_latency_seconds_bucket",
+        "abtest_running_accuracy",
+        "abtest_confidence_mean",
+        "abtest_throughput_images_per_second",
+    ):
         assert family in text
     assert "abtest_gpu_memory_bytes{" not in text  # CPU: no series at all, never a fake 0
 
@@ -217,8 +339,20 @@ def test_imagefolder(tmp_path):
         folder = tmp_path / "data" / "test" / f"class_{label}"
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img).resize((16, 16)).save(folder / f"{i:03d}.png")
-    proc = abtest_cli("evaluate", "--model", "timm/test_resnet", "--dataset", "imagefolder", "--path", tmp_path / "data",
-                      *INPUT_FLAGS, "--workers", "0", "--out", tmp_path / "out")
+    proc = abtest_cli(
+        "evaluate",
+        "--model",
+        "timm/test_resnet",
+        "--dataset",
+        "imagefolder",
+        "--path",
+        tmp_path / "data",
+        *INPUT_FLAGS,
+        "--workers",
+        "0",
+        "--out",
+        tmp_path / "out",
+    )
     assert proc.returncode == 0, proc.stderr
     table = pq.read_table(tmp_path / "out" / "predictions.parquet")
     ids = table.column("sample_id").to_pylist()
@@ -238,8 +372,22 @@ def test_cifar_pickle_batches(tmp_path, variant):
     key, batch = ("labels", "test_batch") if variant == "cifar10" else ("fine_labels", "test")
     with open(folder / batch, "wb") as fh:
         pickle.dump({"data": data, key: labels}, fh)
-    proc = abtest_cli("evaluate", "--model", "timm/test_resnet", "--dataset", variant, "--path", tmp_path, "--limit", "15",
-                      *INPUT_FLAGS, "--workers", "0", "--out", tmp_path / "out")
+    proc = abtest_cli(
+        "evaluate",
+        "--model",
+        "timm/test_resnet",
+        "--dataset",
+        variant,
+        "--path",
+        tmp_path,
+        "--limit",
+        "15",
+        *INPUT_FLAGS,
+        "--workers",
+        "0",
+        "--out",
+        tmp_path / "out",
+    )
     assert proc.returncode == 0, proc.stderr
     table = pq.read_table(tmp_path / "out" / "predictions.parquet")
     assert table.column("label").to_pylist() == labels[:15]
@@ -256,12 +404,38 @@ def test_torchvision_dataset_class_reads_local_files(tmp_path):
     for split in ("t10k", "train"):  # MNIST checks that both splits are present
         (raw / f"{split}-images-idx3-ubyte").write_bytes(np.array([0x803, 12, 28, 28], ">i4").tobytes() + big.tobytes())
         (raw / f"{split}-labels-idx1-ubyte").write_bytes(np.array([0x801, 12], ">i4").tobytes() + labels.astype(np.uint8).tobytes())
-    proc = abtest_cli("evaluate", "--model", "timm/test_resnet", "--dataset", "torchvision", "--dataset-class", "MNIST",
-                      "--path", tmp_path, *INPUT_FLAGS, "--workers", "0", "--out", tmp_path / "out")
+    proc = abtest_cli(
+        "evaluate",
+        "--model",
+        "timm/test_resnet",
+        "--dataset",
+        "torchvision",
+        "--dataset-class",
+        "MNIST",
+        "--path",
+        tmp_path,
+        *INPUT_FLAGS,
+        "--workers",
+        "0",
+        "--out",
+        tmp_path / "out",
+    )
     assert proc.returncode == 0, proc.stderr
     assert pq.read_table(tmp_path / "out" / "predictions.parquet").column("label").to_pylist() == labels.tolist()
-    proc = abtest_cli("evaluate", "--model", "timm/test_resnet", "--dataset", "torchvision", "--dataset-class", "NoSuchSet",
-                      "--path", tmp_path, *INPUT_FLAGS, "--out", tmp_path / "out2")
+    proc = abtest_cli(
+        "evaluate",
+        "--model",
+        "timm/test_resnet",
+        "--dataset",
+        "torchvision",
+        "--dataset-class",
+        "NoSuchSet",
+        "--path",
+        tmp_path,
+        *INPUT_FLAGS,
+        "--out",
+        tmp_path / "out2",
+    )
     assert proc.returncode == 2 and "torchvision dataset class 'NoSuchSet' is unknown" in proc.stderr
 
 
@@ -269,9 +443,28 @@ def test_compile_on_cpu(tmp_path, trained_models):
     """torch.compile (inductor's C++ backend on CPU) gives the same predictions as eager mode."""
     outs = {}
     for mode, extra in (("eager", []), ("compiled", ["--compile"])):
-        proc = abtest_cli("evaluate", "--model", "timm/resnet10t", "--checkpoint", trained_models["timm/resnet10t"], "--dataset", "digits",
-                          "--limit", "64", *INPUT_FLAGS, "--device", "cpu", "--workers", "0", "--batch-size", "32", *extra,
-                          "--out", tmp_path / mode, timeout=600)
+        proc = abtest_cli(
+            "evaluate",
+            "--model",
+            "timm/resnet10t",
+            "--checkpoint",
+            trained_models["timm/resnet10t"],
+            "--dataset",
+            "digits",
+            "--limit",
+            "64",
+            *INPUT_FLAGS,
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--batch-size",
+            "32",
+            *extra,
+            "--out",
+            tmp_path / mode,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         outs[mode] = pq.read_table(tmp_path / mode / "predictions.parquet")
     assert read_json(tmp_path / "compiled" / "metrics.json")["device"]["compile"] is True
@@ -290,8 +483,11 @@ def test_pushgateway_receives_the_final_values(tmp_path, trained_models):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    gateway = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}", f"--persistence.file={tmp_path / 'push.db'}"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    gateway = subprocess.Popen(
+        [binary, f"--web.listen-address=127.0.0.1:{port}", f"--persistence.file={tmp_path / 'push.db'}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -300,16 +496,37 @@ def test_pushgateway_receives_the_final_values(tmp_path, trained_models):
                 break
             except OSError:
                 time.sleep(0.1)
-        proc = abtest_cli("evaluate", "--model", "timm/test_vit", "--checkpoint", trained_models["timm/test_vit"], "--dataset", "digits",
-                          *INPUT_FLAGS, "--device", "cpu", "--workers", "0", "--abtest", "pushed", "--namespace", "ns", "--name", "vit",
-                          "--pushgateway", f"http://127.0.0.1:{port}", "--out", tmp_path / "out")
+        proc = abtest_cli(
+            "evaluate",
+            "--model",
+            "timm/test_vit",
+            "--checkpoint",
+            trained_models["timm/test_vit"],
+            "--dataset",
+            "digits",
+            *INPUT_FLAGS,
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--abtest",
+            "pushed",
+            "--namespace",
+            "ns",
+            "--name",
+            "vit",
+            "--pushgateway",
+            f"http://127.0.0.1:{port}",
+            "--out",
+            tmp_path / "out",
+        )
         assert proc.returncode == 0, proc.stderr
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
             text = resp.read().decode()
-        sample = re.search(r'^abtest_samples_processed_total\{(.*)\} (\S+)$', text, re.M)
+        sample = re.search(r"^abtest_samples_processed_total\{(.*)\} (\S+)$", text, re.M)
         assert sample and float(sample.group(2)) == 360, text[:2000]
         assert 'abtest="pushed"' in sample.group(1) and 'model="vit"' in sample.group(1) and 'job="abtest-evaluator"' in sample.group(1)
-        assert re.search(r'^abtest_evaluation_completed\{.*\} 1$', text, re.M)
+        assert re.search(r"^abtest_evaluation_completed\{.*\} 1$", text, re.M)
     finally:
         gateway.terminate()
         gateway.wait(timeout=10)

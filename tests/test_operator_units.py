@@ -4,20 +4,21 @@ import copy
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 import yaml
 from kubernetes import client
 
-from abtest_crds import load_crd
+from abtest_api.crd import load_crd
+from abtest_api.errors import UserError
 from abtest_operator import manifests, status
-from abtest_operator.errors import UserError
+from abtest_operator.settings import OperatorConfig
 from abtest_operator.spec import load_manifest, parse_abtest, validate_manifest
 from helpers import INVALID_SPECS, ROOT
 
 GOLDEN = ROOT / "tests" / "golden"
-CFG = manifests.OperatorConfig(image="registry.example/abtest/evaluator:test")
+CFG = OperatorConfig(image="registry.example/abtest/evaluator:test")
 UID = "11111111-2222-3333-4444-555555555555"
 
 
@@ -82,8 +83,14 @@ def test_model_jobs_share_everything_but_the_model():
 
 def test_cpu_device_requests_no_gpu_and_parity_fields_apply_to_all():
     manifest = example()
-    manifest["spec"].update(device="cpu", nodeSelector={"pool": "a100"}, tolerations=[{"key": "gpu", "operator": "Exists"}],
-                            queueName="team-queue", activeDeadlineSeconds=600, resources={"limits": {"cpu": 2, "memory": "4Gi"}})
+    manifest["spec"].update(
+        device="cpu",
+        nodeSelector={"pool": "a100"},
+        tolerations=[{"key": "gpu", "operator": "Exists"}],
+        queueName="team-queue",
+        activeDeadlineSeconds=600,
+        resources={"limits": {"cpu": 2, "memory": "4Gi"}},
+    )
     jobs = manifests.model_jobs(parse_abtest(manifest), CFG, UID)
     for job in jobs:
         pod = job["spec"]["template"]["spec"]
@@ -103,7 +110,9 @@ def test_long_names_stay_valid_and_deterministic():
 def test_analysis_rbac_is_scoped_to_one_abtest_status():
     spec = parse_abtest(example())
     sa, role, binding = manifests.build_analysis_rbac(spec, UID)
-    assert role["rules"] == [{"apiGroups": ["abtest.dev"], "resources": ["abtests/status"], "resourceNames": [spec.name], "verbs": ["get", "patch"]}]
+    assert role["rules"] == [
+        {"apiGroups": ["abtest.dev"], "resources": ["abtests/status"], "resourceNames": [spec.name], "verbs": ["get", "patch"]}
+    ]
     job = manifests.build_analysis_job(spec, CFG, UID)
     assert job["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"] == binding["subjects"][0]["name"]
     assert job["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["analyze", "/results/team-a/digits-resnet-vs-vit"]
@@ -120,8 +129,12 @@ def test_results_claim_is_shared_and_not_owned():
 
 
 def test_render_cli_prints_the_jobs():
-    proc = subprocess.run([sys.executable, "-m", "abtest_operator.cli", "render", str(ROOT / "examples" / "abtest-digits.yaml")],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "abtest_operator.cli", "render", str(ROOT / "examples" / "abtest-digits.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     kinds = [d["kind"] for d in yaml.safe_load_all(proc.stdout)]
     assert kinds == ["PersistentVolumeClaim", "Job", "Job", "ServiceAccount", "Role", "RoleBinding", "Job"]
@@ -129,24 +142,27 @@ def test_render_cli_prints_the_jobs():
 
 # --- status derivation: observed Job states -> phase and conditions ---------------------------
 
-NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def job(state: str, reason="", message="") -> status.JobState:
     return status.JobState(state, reason, message, start="2026-01-01T00:00:00Z" if state != "Missing" else None)
 
 
-@pytest.mark.parametrize("a, b, analysis, phase, reason", [
-    ("Missing", "Missing", "Missing", "Pending", ""),
-    ("Pending", "Missing", "Missing", "Pending", ""),
-    ("Running", "Pending", "Missing", "Running", ""),
-    ("Succeeded", "Running", "Missing", "Running", ""),
-    ("Succeeded", "Succeeded", "Missing", "Analyzing", ""),
-    ("Succeeded", "Succeeded", "Running", "Analyzing", ""),
-    ("Succeeded", "Succeeded", "Succeeded", "Succeeded", ""),
-    ("Failed", "Running", "Missing", "Failed", "model resnet failed: BackoffLimitExceeded: checkpoint broken"),
-    ("Succeeded", "Succeeded", "Failed", "Failed", "analysis failed: BackoffLimitExceeded: checkpoint broken"),
-])
+@pytest.mark.parametrize(
+    "a, b, analysis, phase, reason",
+    [
+        ("Missing", "Missing", "Missing", "Pending", ""),
+        ("Pending", "Missing", "Missing", "Pending", ""),
+        ("Running", "Pending", "Missing", "Running", ""),
+        ("Succeeded", "Running", "Missing", "Running", ""),
+        ("Succeeded", "Succeeded", "Missing", "Analyzing", ""),
+        ("Succeeded", "Succeeded", "Running", "Analyzing", ""),
+        ("Succeeded", "Succeeded", "Succeeded", "Succeeded", ""),
+        ("Failed", "Running", "Missing", "Failed", "model resnet failed: BackoffLimitExceeded: checkpoint broken"),
+        ("Succeeded", "Succeeded", "Failed", "Failed", "analysis failed: BackoffLimitExceeded: checkpoint broken"),
+    ],
+)
 def test_status_table(a, b, analysis, phase, reason):
     spec = parse_abtest(example())
     states = {"resnet": job(a, "BackoffLimitExceeded", "checkpoint broken"), "vit": job(b)}
@@ -155,8 +171,13 @@ def test_status_table(a, b, analysis, phase, reason):
     conds = {c["type"]: c for c in st["conditions"]}
     assert conds["Ready"]["status"] == str(phase == "Succeeded")
     assert conds["Failed"]["status"] == str(phase == "Failed")
-    assert conds["ModelsComplete"]["status"] == ("True" if phase in ("Analyzing", "Succeeded") or (phase == "Failed" and a == "Succeeded")
-                                                  else "False" if a == "Failed" else "Unknown")
+    assert conds["ModelsComplete"]["status"] == (
+        "True"
+        if phase in ("Analyzing", "Succeeded") or (phase == "Failed" and a == "Succeeded")
+        else "False"
+        if a == "Failed"
+        else "Unknown"
+    )
     assert [m["phase"] for m in st["models"]] == [a, b]
     assert ("completionTime" in st) == (phase in ("Succeeded", "Failed"))
     make_models, make_analysis = status.wanted_objects(spec, phase)
@@ -166,7 +187,7 @@ def test_status_table(a, b, analysis, phase, reason):
 def test_condition_times_only_move_on_transitions():
     spec = parse_abtest(example())
     first = status.derive_status(spec, 1, {"resnet": job("Running"), "vit": job("Running")}, job("Missing"), now=NOW)
-    later = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    later = datetime(2026, 1, 2, tzinfo=UTC)
     again = status.derive_status(spec, 1, {"resnet": job("Running"), "vit": job("Succeeded")}, job("Missing"), previous=first, now=later)
     ready = {c["type"]: c for c in again["conditions"]}["Ready"]
     assert ready["lastTransitionTime"] == "2026-01-01T00:00:00Z"
@@ -187,7 +208,9 @@ def test_job_state_reads_job_conditions():
     assert status.job_state({"status": {"active": 1, "startTime": "t"}}).phase == "Running"
     done = status.job_state({"status": {"conditions": [{"type": "Complete", "status": "True"}], "completionTime": "t2"}})
     assert done.phase == "Succeeded" and done.completion == "t2"
-    failed = status.job_state({"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "too long"}]}})
+    failed = status.job_state(
+        {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "too long"}]}}
+    )
     assert (failed.phase, failed.reason, failed.message) == ("Failed", "DeadlineExceeded", "too long")
 
 
@@ -232,12 +255,23 @@ def test_every_spec_field_is_described_and_bounded():
 
 
 LOCAL_MESSAGES = {
-    "no models": "models", "one model": "spec.models", "17 models": "spec.models", "duplicate names": "model names must be unique",
-    "model name": "spec.models[0].name", "alpha 1.5": "spec.analysis.alpha", "alpha 0": "spec.analysis.alpha",
-    "negative batch": "spec.batchSize", "pretrained and checkpoint": "either pretrained or checkpoint", "unknown device": "spec.device",
-    "unknown dataset": "spec.dataset.name", "dataset without path": "spec.dataset.path is required",
-    "architecture": "spec.models[0].architecture", "gpus on cpu": "gpusPerModel must be 0", "unknown field": "batchsize",
-    "negative deadline": "spec.activeDeadlineSeconds", "mean/std": "mean and std",
+    "no models": "models",
+    "one model": "spec.models",
+    "17 models": "spec.models",
+    "duplicate names": "model names must be unique",
+    "model name": "spec.models[0].name",
+    "alpha 1.5": "spec.analysis.alpha",
+    "alpha 0": "spec.analysis.alpha",
+    "negative batch": "spec.batchSize",
+    "pretrained and checkpoint": "either pretrained or checkpoint",
+    "unknown device": "spec.device",
+    "unknown dataset": "spec.dataset.name",
+    "dataset without path": "spec.dataset.path is required",
+    "architecture": "spec.models[0].architecture",
+    "gpus on cpu": "gpusPerModel must be 0",
+    "unknown field": "batchsize",
+    "negative deadline": "spec.activeDeadlineSeconds",
+    "mean/std": "mean and std",
     "reserved model name": "spec.models[1].name 'analysis' is reserved",
 }
 
@@ -264,7 +298,13 @@ def test_defaults_are_applied():
     for key in ("seed", "batchSize", "analysis"):
         manifest["spec"].pop(key, None)
     spec = validate_manifest(manifest)["spec"]
-    assert (spec["seed"], spec["batchSize"], spec["analysis"]["alpha"], spec["analysis"]["test"], spec["dataset"]["split"]) == (42, 64, 0.05, "auto", "test")
+    assert (spec["seed"], spec["batchSize"], spec["analysis"]["alpha"], spec["analysis"]["test"], spec["dataset"]["split"]) == (
+        42,
+        64,
+        0.05,
+        "auto",
+        "test",
+    )
     assert copy.deepcopy(spec) == validate_manifest({**manifest, "spec": spec})["spec"]  # idempotent
 
 
@@ -280,7 +320,7 @@ def test_already_exists_counts_as_created_only_for_our_own_objects():
 
     from kubernetes.client.exceptions import ApiException
 
-    from abtest_operator.errors import NameConflict
+    from abtest_api.errors import NameConflict
     from abtest_operator.handlers import create_if_missing
 
     def exists(namespace, body):
@@ -298,17 +338,38 @@ def test_already_exists_counts_as_created_only_for_our_own_objects():
 
 # --- stalls: pods that can never start ----------------------------------------------------------
 
-@pytest.mark.parametrize("pod, cause", [
-    ({"status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                                 "message": "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."}]}},
-     "unschedulable: 0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."),
-    ({"status": {"containerStatuses": [{"state": {"waiting": {"reason": "ErrImageNeverPull", "message": "image x not present"}}}]}},
-     "ErrImageNeverPull: image x not present"),
-    ({"status": {"containerStatuses": [{"state": {"waiting": {"reason": "ImagePullBackOff"}}}]}}, "ImagePullBackOff: the container cannot start"),
-    ({"status": {"containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}]}}, ""),  # still starting
-    ({"status": {"conditions": [{"type": "PodScheduled", "status": "True"}], "containerStatuses": [{"state": {"running": {}}}]}}, ""),
-    ({}, ""),
-])
+
+@pytest.mark.parametrize(
+    "pod, cause",
+    [
+        (
+            {
+                "status": {
+                    "conditions": [
+                        {
+                            "type": "PodScheduled",
+                            "status": "False",
+                            "reason": "Unschedulable",
+                            "message": "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector.",
+                        }
+                    ]
+                }
+            },
+            "unschedulable: 0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector.",
+        ),
+        (
+            {"status": {"containerStatuses": [{"state": {"waiting": {"reason": "ErrImageNeverPull", "message": "image x not present"}}}]}},
+            "ErrImageNeverPull: image x not present",
+        ),
+        (
+            {"status": {"containerStatuses": [{"state": {"waiting": {"reason": "ImagePullBackOff"}}}]}},
+            "ImagePullBackOff: the container cannot start",
+        ),
+        ({"status": {"containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}]}}, ""),  # still starting
+        ({"status": {"conditions": [{"type": "PodScheduled", "status": "True"}], "containerStatuses": [{"state": {"running": {}}}]}}, ""),
+        ({}, ""),
+    ],
+)
 def test_pod_stall_names_causes_that_do_not_resolve(pod, cause):
     assert status.pod_stall(pod) == cause
 
@@ -324,11 +385,13 @@ def test_a_stall_is_a_condition_at_once_and_a_failure_after_the_timeout():
     conds = {c["type"]: c for c in first["conditions"]}
     assert first["phase"] == "Running"
     assert conds["Stalled"]["status"] == "True" and conds["Stalled"]["message"] == "model vit: unschedulable: 0/1 nodes are available"
-    later = status.derive_status(spec, 1, {"resnet": job("Running"), "vit": stuck}, job("Missing"), previous=first,
-                                 now=NOW.replace(second=59))
+    later = status.derive_status(
+        spec, 1, {"resnet": job("Running"), "vit": stuck}, job("Missing"), previous=first, now=NOW.replace(second=59)
+    )
     assert later["phase"] == "Running"
-    failed = status.derive_status(spec, 1, {"resnet": job("Running"), "vit": stuck}, job("Missing"), previous=later,
-                                  now=NOW.replace(minute=1))
+    failed = status.derive_status(
+        spec, 1, {"resnet": job("Running"), "vit": stuck}, job("Missing"), previous=later, now=NOW.replace(minute=1)
+    )
     assert failed["phase"] == "Failed"
     assert failed["reason"] == "model vit stalled for 60s (spec.stallTimeoutSeconds 60): unschedulable: 0/1 nodes are available"
     recovered = status.derive_status(spec, 1, {"resnet": job("Running"), "vit": job("Running")}, job("Missing"), previous=first, now=NOW)

@@ -7,13 +7,20 @@ from helpers import ROOT
 
 def test_operator_image_install_has_no_torch(tmp_path):
     venv = tmp_path / "operator-venv"
-    proc = subprocess.run(["bash", str(ROOT / "hack" / "image-install.sh"), "operator", str(venv)], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "hack" / "image-install.sh"), "operator", str(venv)], capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert subprocess.run([venv / "bin" / "python", "-c", "import torch"], capture_output=True).returncode != 0
-    render = subprocess.run([venv / "bin" / "abtest", "render", str(ROOT / "examples" / "abtest-digits.yaml")], capture_output=True, text=True)
+    render = subprocess.run(
+        [venv / "bin" / "abtest", "render", str(ROOT / "examples" / "abtest-digits.yaml")], capture_output=True, text=True
+    )
     assert render.returncode == 0 and render.stdout.count("kind: Job") == 3, render.stderr
-    evaluate = subprocess.run([venv / "bin" / "abtest", "evaluate", "--model", "timm/resnet18", "--dataset", "digits", "--out", str(tmp_path / "o")],
-                              capture_output=True, text=True)
+    evaluate = subprocess.run(
+        [venv / "bin" / "abtest", "evaluate", "--model", "timm/resnet18", "--dataset", "digits", "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
     assert evaluate.returncode == 2 and "needs the data plane" in evaluate.stderr and "Traceback" not in evaluate.stderr
 
 
@@ -21,7 +28,9 @@ def test_repository_root_does_not_shadow_the_standard_library(tmp_path):
     """`python -m …` from the root puts the root on sys.path; `operator/` must not be importable as `operator`."""
     import sys
 
-    probe = subprocess.run([sys.executable, "-c", "import operator; operator.eq; print(operator.__file__)"], cwd=ROOT, capture_output=True, text=True)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import operator; operator.eq; print(operator.__file__)"], cwd=ROOT, capture_output=True, text=True
+    )
     assert probe.returncode == 0 and str(ROOT) not in probe.stdout, probe.stderr
     venv = subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "v")], cwd=ROOT, capture_output=True, text=True)
     assert venv.returncode == 0, venv.stderr

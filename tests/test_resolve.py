@@ -4,11 +4,18 @@ import sys
 
 import pytest
 
+from abtest_api.errors import UserError
 from abtest_evaluator import resolve
-from abtest_operator.errors import UserError
 
-RESNET_CFG = {"input_size": (3, 224, 224), "test_input_size": (3, 288, 288), "interpolation": "bicubic",
-              "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "crop_pct": 0.95, "test_crop_pct": 1.0}
+RESNET_CFG = {
+    "input_size": (3, 224, 224),
+    "test_input_size": (3, 288, 288),
+    "interpolation": "bicubic",
+    "mean": (0.485, 0.456, 0.406),
+    "std": (0.229, 0.224, 0.225),
+    "crop_pct": 0.95,
+    "test_crop_pct": 1.0,
+}
 
 
 def test_resolvers_do_not_import_torch():
@@ -42,8 +49,10 @@ def test_grey_models_average_the_channel_statistics():
     assert cfg.mean == pytest.approx((sum(RESNET_CFG["mean"]) / 3,))
 
 
-@pytest.mark.parametrize("kwargs, field", [({"input_size": 0}, "--input-size"), ({"crop_pct": 1.5}, "--crop-pct"),
-                                           ({"interpolation": "cubic"}, "--interpolation")])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [({"input_size": 0}, "--input-size"), ({"crop_pct": 1.5}, "--crop-pct"), ({"interpolation": "cubic"}, "--interpolation")],
+)
 def test_bad_preprocessing_names_the_flag(kwargs, field):
     with pytest.raises(UserError, match=field):
         resolve.resolve_data_config(None, **kwargs)

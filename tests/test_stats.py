@@ -24,8 +24,15 @@ def test_textbook_mcnemar():
     assert table.diff == pytest.approx((150 - 86) / 1600)
 
 
-@pytest.mark.parametrize("cells, test, exact", [((50, 3, 9, 20), "auto", True), ((500, 30, 60, 10), "auto", False),
-                                                ((500, 30, 60, 10), "exact", True), ((50, 3, 9, 20), "chi2", False)])
+@pytest.mark.parametrize(
+    "cells, test, exact",
+    [
+        ((50, 3, 9, 20), "auto", True),
+        ((500, 30, 60, 10), "auto", False),
+        ((500, 30, 60, 10), "exact", True),
+        ((50, 3, 9, 20), "chi2", False),
+    ],
+)
 def test_p_values_equal_statsmodels(cells, test, exact):
     table = Table(*cells)
     res = stats.mcnemar_test(table, test)

@@ -1,26 +1,27 @@
 """kopf handlers: thin. Parse, build, observe, derive, apply; everything else lives in pure modules.
 
-Clients, settings and metrics live in kopf's ``memo`` (set up by ``abtest operator`` or at startup).
+Clients, settings, metrics and the Event poster live in kopf's ``memo`` (set up by ``abtest operator`` or
+at startup; the handler tests inject fakes there).
 Every pass lists the ABTest's Jobs, derives the status from them and creates what is missing under
 deterministic names, so an operator killed at any moment resumes without duplicates.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 from dataclasses import dataclass, replace
 
 import kopf
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from abtest_api.constants import GROUP, KIND, LABEL_MODEL, LABEL_NAME, LABEL_ROLE, PLURAL, VERSION
+from abtest_api.errors import NameConflict, UserError
 from abtest_operator import manifests, status
-from abtest_operator.errors import NameConflict, UserError
 from abtest_operator.metrics import OperatorMetrics
-from abtest_operator.spec import KIND, ABTestSpec, parse_abtest
-
-GROUP, VERSION, PLURAL = "abtest.dev", "v1alpha1", "abtests"
+from abtest_operator.settings import OperatorConfig, config_from_env
+from abtest_operator.spec import ABTestSpec, parse_abtest
 
 
 @dataclass
@@ -39,15 +40,11 @@ class Clients:
         return cls(client.BatchV1Api(), client.CoreV1Api(), client.CustomObjectsApi(), client.RbacAuthorizationV1Api())
 
 
-def config_from_env() -> manifests.OperatorConfig:
-    defaults = manifests.OperatorConfig()
-    return manifests.OperatorConfig(
-        image=os.environ.get("ABTEST_EVALUATOR_IMAGE", defaults.image),
-        image_pull_policy=os.environ.get("ABTEST_IMAGE_PULL_POLICY", defaults.image_pull_policy),
-        metrics_port=int(os.environ.get("ABTEST_EVALUATOR_METRICS_PORT", defaults.metrics_port)),
-        results_claim=os.environ.get("ABTEST_RESULTS_CLAIM", defaults.results_claim),
-        pushgateway=os.environ.get("ABTEST_PUSHGATEWAY") or None,
-    )
+class KopfEvents:
+    """Kubernetes Events about an ABTest, posted by kopf (its poster runs inside the operator)."""
+
+    info = staticmethod(kopf.info)
+    warn = staticmethod(kopf.warn)
 
 
 @kopf.on.startup()
@@ -56,7 +53,6 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
-    settings.execution.max_workers = int(os.environ.get("ABTEST_MAX_WORKERS", "8"))
     # Progress and diff-base in annotations: nothing in status that the CRD schema would prune.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
@@ -67,6 +63,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
         memo.config = config_from_env()
     if "metrics" not in memo:
         memo.metrics = OperatorMetrics()
+    if "events" not in memo:
+        memo.events = KopfEvents()
+    settings.execution.max_workers = memo.config.max_workers
 
 
 def create_if_missing(create, namespace: str, body: dict, read=None) -> bool:
@@ -83,22 +82,29 @@ def create_if_missing(create, namespace: str, body: dict, read=None) -> bool:
         owners = {ref.uid for ref in read(body["metadata"]["name"], namespace).metadata.owner_references or []}
         mine = {ref["uid"] for ref in body["metadata"].get("ownerReferences", [])}
         if not owners & mine:
-            raise NameConflict(f"{body['kind']} {namespace}/{body['metadata']['name']} already exists and belongs to something else "
-                            "(another ABTest whose name and model names join to the same name); rename this ABTest or its models")
+            raise NameConflict(
+                f"{body['kind']} {namespace}/{body['metadata']['name']} already exists and belongs to something else "
+                "(another ABTest whose name and model names join to the same name); rename this ABTest or its models"
+            )
     return False
 
 
 def observe(clients: Clients, spec: ABTestSpec, uid: str) -> tuple[dict[str, status.JobState], status.JobState]:
-    jobs = clients.batch.list_namespaced_job(spec.namespace, label_selector=f"{manifests.LABEL_NAME}={spec.name}").items
-    mine = {j.metadata.name: clients.batch.api_client.sanitize_for_serialization(j) for j in jobs
-            if any(ref.uid == uid for ref in j.metadata.owner_references or [])}
+    jobs = clients.batch.list_namespaced_job(spec.namespace, label_selector=f"{LABEL_NAME}={spec.name}").items
+    mine = {
+        j.metadata.name: clients.batch.api_client.sanitize_for_serialization(j)
+        for j in jobs
+        if any(ref.uid == uid for ref in j.metadata.owner_references or [])
+    }
     pods: list[dict] | None = None  # listed at most once per pass, and only when a Job has pods that are not ready
 
     def stall(name: str) -> str:
         nonlocal pods
         if pods is None:
-            pods = [clients.core.api_client.sanitize_for_serialization(p) for p in
-                    clients.core.list_namespaced_pod(spec.namespace, label_selector=f"{manifests.LABEL_NAME}={spec.name}").items]
+            pods = [
+                clients.core.api_client.sanitize_for_serialization(p)
+                for p in clients.core.list_namespaced_pod(spec.namespace, label_selector=f"{LABEL_NAME}={spec.name}").items
+            ]
         own = [p for p in pods if (p["metadata"].get("labels") or {}).get("job-name") == name]
         cause = next((c for c in map(status.pod_stall, own) if c), "")
         return cause or ("" if own else refused_pod_creation(clients, spec.namespace, name))
@@ -108,7 +114,9 @@ def observe(clients: Clients, spec: ABTestSpec, uid: str) -> tuple[dict[str, sta
         observed = status.job_state(job)
         if observed.phase == "Failed":  # name the cause: the failed pod's termination message
             observed = status.job_state(job, failure_message(clients, spec.namespace, name))
-        elif observed.phase in ("Pending", "Running") and ((job.get("status") or {}).get("ready") or 0) < ((job.get("status") or {}).get("active") or 1):
+        elif observed.phase in ("Pending", "Running") and ((job.get("status") or {}).get("ready") or 0) < (
+            (job.get("status") or {}).get("active") or 1
+        ):
             observed = replace(observed, stall=stall(name))
         return observed
 
@@ -118,7 +126,9 @@ def observe(clients: Clients, spec: ABTestSpec, uid: str) -> tuple[dict[str, sta
 
 def refused_pod_creation(clients: Clients, namespace: str, job: str) -> str:
     """Why the Job controller cannot create the Job's pod (admission, quota), from its FailedCreate Events."""
-    events = clients.core.list_namespaced_event(namespace, field_selector=f"involvedObject.kind=Job,involvedObject.name={job},reason=FailedCreate").items
+    events = clients.core.list_namespaced_event(
+        namespace, field_selector=f"involvedObject.kind=Job,involvedObject.name={job},reason=FailedCreate"
+    ).items
     if not events:
         return ""
     latest = max(events, key=lambda e: e.last_timestamp or e.event_time or e.metadata.creation_timestamp)
@@ -139,12 +149,21 @@ def failure_message(clients: Clients, namespace: str, job: str) -> str:
 def operator_checks(spec: ABTestSpec) -> None:
     """What the schema cannot know: where files live inside the pods."""
     for i, m in enumerate(spec.models):
-        if m.checkpoint and not m.checkpoint.startswith("/") and not spec.raw.get("modelsVolume"):
-            raise UserError(f"spec.models[{i}].checkpoint {m.checkpoint!r} is relative but spec.modelsVolume is not set; mount a volume with the checkpoints or use an absolute path")
+        if m.checkpoint and not m.checkpoint.startswith("/") and not spec.models_volume:
+            raise UserError(
+                f"spec.models[{i}].checkpoint {m.checkpoint!r} is relative but spec.modelsVolume is not set; mount a volume with the checkpoints or use an absolute path"
+            )
 
 
-def apply_wanted(clients: Clients, cfg: manifests.OperatorConfig, spec: ABTestSpec, uid: str, phase: str,
-                 models: dict[str, status.JobState], analysis: status.JobState) -> list[str]:
+def apply_wanted(
+    clients: Clients,
+    cfg: OperatorConfig,
+    spec: ABTestSpec,
+    uid: str,
+    phase: str,
+    models: dict[str, status.JobState],
+    analysis: status.JobState,
+) -> list[str]:
     """Create what the phase calls for and the observation lacks (a create racing another pass is still fine)."""
     make_models, make_analysis = status.wanted_objects(spec, phase)
     created = []
@@ -154,8 +173,9 @@ def apply_wanted(clients: Clients, cfg: manifests.OperatorConfig, spec: ABTestSp
         if claim:
             create_if_missing(clients.core.create_namespaced_persistent_volume_claim, spec.namespace, claim)
         for job in manifests.model_jobs(spec, cfg, uid):
-            if job["metadata"]["labels"][manifests.LABEL_MODEL] in missing and create_if_missing(
-                    clients.batch.create_namespaced_job, spec.namespace, job, clients.batch.read_namespaced_job):
+            if job["metadata"]["labels"][LABEL_MODEL] in missing and create_if_missing(
+                clients.batch.create_namespaced_job, spec.namespace, job, clients.batch.read_namespaced_job
+            ):
                 created.append(job["metadata"]["name"])
     if make_analysis and analysis.phase == "Missing":
         sa, role, binding = manifests.build_analysis_rbac(spec, uid)
@@ -191,21 +211,21 @@ def patch_status(clients: Clients, meta: dict, new: dict) -> bool:
         raise
 
 
-def announce(body: dict, old: dict, new: dict, created: list[str]) -> None:
+def announce(events, body: dict, old: dict, new: dict, created: list[str]) -> None:
     """Kubernetes Events at each transition."""
     if created:
-        kopf.info(body, reason="JobsCreated", message=f"created {', '.join(created)}")
+        events.info(body, reason="JobsCreated", message=f"created {', '.join(created)}")
     stalled = next((c for c in new.get("conditions", []) if c["type"] == "Stalled" and c["status"] == "True"), None)
     was_stalled = any(c["type"] == "Stalled" and c["status"] == "True" for c in old.get("conditions") or [])
     if stalled and not was_stalled:
-        kopf.warn(body, reason="Stalled", message=stalled["message"])
+        events.warn(body, reason="Stalled", message=stalled["message"])
     if old.get("phase") != new["phase"]:
         if new["phase"] == status.FAILED:
-            kopf.warn(body, reason="Failed", message=new["reason"])
+            events.warn(body, reason="Failed", message=new["reason"])
         elif new["phase"] == status.SUCCEEDED:
-            kopf.info(body, reason="Succeeded", message=((old.get("result") or {}).get("verdict") or "analysis complete"))
+            events.info(body, reason="Succeeded", message=((old.get("result") or {}).get("verdict") or "analysis complete"))
         else:
-            kopf.info(body, reason=new["phase"], message=f"phase {old.get('phase') or 'none'} -> {new['phase']}")
+            events.info(body, reason=new["phase"], message=f"phase {old.get('phase') or 'none'} -> {new['phase']}")
 
 
 def reconcile(memo: kopf.Memo, abtest: dict) -> dict:
@@ -226,7 +246,7 @@ def reconcile(memo: kopf.Memo, abtest: dict) -> dict:
     except UserError as err:
         failed = {"phase": status.FAILED, "reason": str(err), "observedGeneration": meta.get("generation", 1)}
         if old.get("reason") != failed["reason"] and patch_status(clients, meta, failed):
-            kopf.warn(abtest, reason="NameConflict" if isinstance(err, NameConflict) else "InvalidSpec", message=str(err))
+            memo.events.warn(abtest, reason="NameConflict" if isinstance(err, NameConflict) else "InvalidSpec", message=str(err))
         metrics.observe(meta["namespace"], meta["name"], failed)
         raise kopf.PermanentError(str(err)) from None
     if any(new.get(k) != old.get(k) for k in new) and not patch_status(clients, meta, new):
@@ -235,7 +255,7 @@ def reconcile(memo: kopf.Memo, abtest: dict) -> dict:
         for name, state in models.items():
             if state.phase in ("Pending", "Running"):
                 suspend_job(clients, spec.namespace, manifests.model_job_name(spec, name))
-    announce(abtest, old, new, created)
+    announce(memo.events, abtest, old, new, created)
     metrics.observe(spec.namespace, spec.name, {**old, **new})
     return new
 
@@ -261,13 +281,11 @@ def abtest_resync(body: kopf.Body, memo: kopf.Memo, **_) -> None:
     """Level-triggered: an ABTest whose pods cannot start produces no Job events, so look again periodically."""
     if status.is_terminal(body.get("status")):
         return
-    try:
+    with contextlib.suppress(kopf.PermanentError):  # already marked Failed with its reason
         _guarded(memo, dict(body))
-    except kopf.PermanentError:
-        pass  # already marked Failed with its reason
 
 
-@kopf.on.event("batch", "v1", "jobs", labels={manifests.LABEL_NAME: kopf.PRESENT})
+@kopf.on.event("batch", "v1", "jobs", labels={LABEL_NAME: kopf.PRESENT})
 def job_changed(body: kopf.Body, namespace: str, memo: kopf.Memo, **_) -> None:
     owner = next((ref for ref in body.metadata.get("ownerReferences", []) if ref.get("kind") == KIND), None)
     if owner is None:
@@ -282,14 +300,15 @@ def job_changed(body: kopf.Body, namespace: str, memo: kopf.Memo, **_) -> None:
         return
     if (abtest.get("status") or {}).get("phase") == status.FAILED:  # leftovers of a failed ABTest stop
         job = dict(body)
-        if job["metadata"]["labels"].get(manifests.LABEL_ROLE) == "model" and not job["spec"].get("suspend") \
-                and status.job_state(job).phase in ("Pending", "Running"):
+        if (
+            job["metadata"]["labels"].get(LABEL_ROLE) == "model"
+            and not job["spec"].get("suspend")
+            and status.job_state(job).phase in ("Pending", "Running")
+        ):
             suspend_job(memo.clients, namespace, job["metadata"]["name"])
         return
-    try:
+    with contextlib.suppress(kopf.PermanentError):  # already marked Failed with its reason
         _guarded(memo, abtest)
-    except kopf.PermanentError:
-        pass  # already marked Failed with its reason
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)

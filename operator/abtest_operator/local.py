@@ -17,8 +17,8 @@ import time
 from collections import deque
 from pathlib import Path
 
+from abtest_api.errors import UserError
 from abtest_operator import plan
-from abtest_operator.errors import UserError
 from abtest_operator.spec import load_manifest, parse_abtest
 
 
@@ -47,8 +47,14 @@ class Child:
     def __init__(self, run: plan.ModelRun, env: dict, on_progress):
         self.run = run
         self.tail: deque[str] = deque(maxlen=20)
-        self.proc = subprocess.Popen([sys.executable, "-m", "abtest_operator.cli", *run.argv, "--progress", "json"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "abtest_operator.cli", *run.argv],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
         self._reader = threading.Thread(target=self._read, args=(on_progress,), daemon=True)
         self._reader.start()
 
@@ -93,13 +99,18 @@ def child_envs(n: int, device: str) -> list[dict]:
 def run_models(runs: list[plan.ModelRun], device: str, show_progress: bool) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    progress = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        disable=not show_progress, transient=False)
+    progress = Progress(
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not show_progress,
+        transient=False,
+    )
     tasks = {r.name: progress.add_task(r.name, total=None) for r in runs}
 
     def on_progress(name: str, event: dict) -> None:
-        progress.update(tasks[name], completed=event["progress"], total=event["total"],
-                        description=f"{name} acc {event['accuracy']:.3f}")
+        progress.update(tasks[name], completed=event["progress"], total=event["total"], description=f"{name} acc {event['accuracy']:.3f}")
 
     children: list[Child] = []
     try:
@@ -136,7 +147,9 @@ def publish_dir(staging: Path, out: Path) -> None:
         os.replace(entry, target)
 
 
-def run_local(manifest_path: str, out: str | None = None, device: str | None = None, show_progress: bool | None = None) -> tuple[dict, Path]:
+def run_local(
+    manifest_path: str, out: str | None = None, device: str | None = None, show_progress: bool | None = None
+) -> tuple[dict, Path]:
     from abtest_evaluator.analysis import run_analysis
 
     spec = parse_abtest(load_manifest(manifest_path))
@@ -145,8 +158,9 @@ def run_local(manifest_path: str, out: str | None = None, device: str | None = N
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.parent / f".{out_dir.name}.staging-{os.getpid()}"
     threads = max(1, available_cpus() // len(spec.models))
-    runs = plan.plan_models(spec, str(staging), models_dir=str(Path(manifest_path).resolve().parent), device=device,
-                            extra=("--threads", str(threads)))
+    runs = plan.plan_models(
+        spec, str(staging), models_dir=str(Path(manifest_path).resolve().parent), device=device, threads=threads, progress="json"
+    )
     try:
         run_models(runs, device, sys.stderr.isatty() if show_progress is None else show_progress)
         result = run_analysis(staging, spec.alpha, spec.test, [m.name for m in spec.models])

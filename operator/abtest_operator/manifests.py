@@ -6,30 +6,16 @@ Nothing here talks to a cluster; the operator applies these dicts and `abtest re
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
+from abtest_api.constants import ANALYSIS, API_VERSION, GROUP, KIND, LABEL_MODEL, LABEL_NAME, LABEL_ROLE, USER_ERROR_EXIT
 from abtest_operator import plan
-from abtest_operator.spec import API_VERSION, KIND, ABTestSpec
+from abtest_operator.settings import OperatorConfig
+from abtest_operator.spec import ABTestSpec
 
-GROUP = "abtest.dev"
-LABEL_NAME, LABEL_MODEL, LABEL_ROLE = f"{GROUP}/name", f"{GROUP}/model", f"{GROUP}/role"
 CONTAINER = "evaluator"
 RESULTS_MOUNT, MODELS_MOUNT, DATA_MOUNT = "/results", "/models", "/data"
 UID = 65532  # the images' non-root user
-USER_ERROR_EXIT = 2  # `abtest` exits 2 on bad input: retrying cannot help
-
-
-@dataclass(frozen=True)
-class OperatorConfig:
-    """Operator-wide settings (Helm values -> environment -> here)."""
-
-    image: str = "ghcr.io/abtest/evaluator:0.1.0"
-    image_pull_policy: str = "IfNotPresent"
-    metrics_port: int = 9090
-    results_claim: str = "abtest-results"  # default shared claim per namespace; results outlive ABTests
-    analysis_resources: dict = field(default_factory=lambda: {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}})
-    pushgateway: str | None = None
 
 
 def object_name(*parts: str, limit: int = 63) -> str:
@@ -38,7 +24,7 @@ def object_name(*parts: str, limit: int = 63) -> str:
     if len(name) <= limit:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{name[:limit - 9].rstrip('-')}-{digest}"
+    return f"{name[: limit - 9].rstrip('-')}-{digest}"
 
 
 def model_job_name(spec: ABTestSpec, model: str) -> str:
@@ -46,7 +32,7 @@ def model_job_name(spec: ABTestSpec, model: str) -> str:
 
 
 def analysis_job_name(spec: ABTestSpec) -> str:
-    return object_name(spec.name, "analysis")
+    return object_name(spec.name, ANALYSIS)
 
 
 def results_dir(spec: ABTestSpec) -> str:
@@ -58,8 +44,12 @@ def owner_reference(spec: ABTestSpec, uid: str) -> dict:
 
 
 def labels(spec: ABTestSpec, role: str, model: str | None = None) -> dict:
-    out = {"app.kubernetes.io/name": "abtest-evaluator", "app.kubernetes.io/managed-by": "abtest-operator",
-           LABEL_NAME: spec.name, LABEL_ROLE: role}
+    out = {
+        "app.kubernetes.io/name": "abtest-evaluator",
+        "app.kubernetes.io/managed-by": "abtest-operator",
+        LABEL_NAME: spec.name,
+        LABEL_ROLE: role,
+    }
     if model:
         out[LABEL_MODEL] = model
     return out
@@ -67,8 +57,15 @@ def labels(spec: ABTestSpec, role: str, model: str | None = None) -> dict:
 
 def container_security_context() -> dict:
     """Pod Security Standard "restricted", plus a read-only root filesystem."""
-    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "seccompProfile": {"type": "RuntimeDefault"}}
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": UID,
+        "runAsGroup": UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 def pod_security_context() -> dict:
@@ -76,15 +73,19 @@ def pod_security_context() -> dict:
 
 
 def _volumes(spec: ABTestSpec, cfg: OperatorConfig, model_volumes: bool) -> tuple[list[dict], list[dict]]:
-    raw = spec.raw
-    claim = raw.get("results", {}).get("claimName") or cfg.results_claim
-    volumes = [{"name": "results", "persistentVolumeClaim": {"claimName": claim}},
-               {"name": "scratch", "emptyDir": {}},
-               {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
-    mounts = [{"name": "results", "mountPath": RESULTS_MOUNT}, {"name": "scratch", "mountPath": "/tmp"},
-              {"name": "dshm", "mountPath": "/dev/shm"}]
+    claim = spec.results.claim_name or cfg.results_claim
+    volumes = [
+        {"name": "results", "persistentVolumeClaim": {"claimName": claim}},
+        {"name": "scratch", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+    ]
+    mounts = [
+        {"name": "results", "mountPath": RESULTS_MOUNT},
+        {"name": "scratch", "mountPath": "/tmp"},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
     if model_volumes:
-        for name, source, mount in (("data", raw["dataset"].get("volume"), DATA_MOUNT), ("models", raw.get("modelsVolume"), MODELS_MOUNT)):
+        for name, source, mount in (("data", spec.dataset_volume, DATA_MOUNT), ("models", spec.models_volume, MODELS_MOUNT)):
             if source:
                 volumes.append({"name": name, **source})
                 mounts.append({"name": name, "mountPath": mount, "readOnly": True})
@@ -93,82 +94,111 @@ def _volumes(spec: ABTestSpec, cfg: OperatorConfig, model_volumes: bool) -> tupl
 
 def _env(cfg: OperatorConfig) -> list[dict]:
     # Writable caches live on the scratch volume: the root filesystem is read-only.
-    return [{"name": "ABTEST_IMAGE", "value": cfg.image}, {"name": "HOME", "value": "/tmp"},
-            {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"}, {"name": "MPLCONFIGDIR", "value": "/tmp/.matplotlib"},
-            {"name": "TORCHINDUCTOR_CACHE_DIR", "value": "/tmp/.inductor"}]
+    return [
+        {"name": "ABTEST_IMAGE", "value": cfg.image},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
+        {"name": "MPLCONFIGDIR", "value": "/tmp/.matplotlib"},
+        {"name": "TORCHINDUCTOR_CACHE_DIR", "value": "/tmp/.inductor"},
+    ]
 
 
-def _job(spec: ABTestSpec, uid: str, name: str, role: str, pod_spec: dict, model: str | None = None,
-         pod_annotations: dict | None = None) -> dict:
-    raw = spec.raw
+def _job(
+    spec: ABTestSpec, uid: str, name: str, role: str, pod_spec: dict, model: str | None = None, pod_annotations: dict | None = None
+) -> dict:
     job_labels = labels(spec, role, model)
-    if raw.get("queueName"):
-        job_labels["kueue.x-k8s.io/queue-name"] = raw["queueName"]
+    if spec.queue_name:
+        job_labels["kueue.x-k8s.io/queue-name"] = spec.queue_name
     job_spec = {
-        "backoffLimit": raw.get("backoffLimit", 0),
+        "backoffLimit": spec.backoff_limit,
         # Evictions and preemptions are not the model's fault; a bad-input exit is final.
-        "podFailurePolicy": {"rules": [
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-            {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [USER_ERROR_EXIT]}},
-        ]},
-        "template": {"metadata": {"labels": labels(spec, role, model), **({"annotations": pod_annotations} if pod_annotations else {})},
-                     "spec": {"restartPolicy": "Never", **pod_spec}},
+        "podFailurePolicy": {
+            "rules": [
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [USER_ERROR_EXIT]}},
+            ]
+        },
+        "template": {
+            "metadata": {"labels": labels(spec, role, model), **({"annotations": pod_annotations} if pod_annotations else {})},
+            "spec": {"restartPolicy": "Never", **pod_spec},
+        },
     }
-    if raw.get("activeDeadlineSeconds"):
-        job_spec["activeDeadlineSeconds"] = raw["activeDeadlineSeconds"]
-    if raw.get("ttlSecondsAfterFinished") is not None:
-        job_spec["ttlSecondsAfterFinished"] = raw["ttlSecondsAfterFinished"]
-    return {"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": name, "namespace": spec.namespace, "labels": job_labels, "ownerReferences": [owner_reference(spec, uid)]},
-            "spec": job_spec}
+    if spec.active_deadline_seconds:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    if spec.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": spec.namespace, "labels": job_labels, "ownerReferences": [owner_reference(spec, uid)]},
+        "spec": job_spec,
+    }
 
 
 def model_resources(spec: ABTestSpec) -> dict:
-    raw = spec.raw
     # Quantities as strings, the form the API returns them in (the CRD accepts int or string).
-    resources = {k: {name: str(q) for name, q in v.items()} for k, v in (raw.get("resources") or {}).items()}
-    gpus = raw.get("gpusPerModel", 1) if spec.device != "cpu" else 0
+    resources = {k: {name: str(q) for name, q in v.items()} for k, v in spec.resources.items()}
+    gpus = spec.gpus_per_model if spec.device != "cpu" else 0
     if gpus:
         resources.setdefault("limits", {})["nvidia.com/gpu"] = str(gpus)
     return resources
 
 
+def _pod_spec(
+    spec: ABTestSpec, cfg: OperatorConfig, args: list[str], env: list[dict], resources: dict, model_volumes: bool, **pod_fields
+) -> dict:
+    """One restricted, non-root evaluator container from the evaluator image, in a pod with the results volume."""
+    volumes, mounts = _volumes(spec, cfg, model_volumes)
+    container = {
+        "name": CONTAINER,
+        "image": spec.image or cfg.image,
+        "imagePullPolicy": cfg.image_pull_policy,
+        "command": ["abtest"],
+        "args": args,
+        "env": env,
+        "resources": resources,
+        "securityContext": container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": mounts,
+    }
+    return {
+        **pod_fields,
+        "securityContext": pod_security_context(),
+        "containers": [container],
+        "volumes": volumes,
+        "enableServiceLinks": False,
+    }
+
+
 def build_model_job(spec: ABTestSpec, run: plan.ModelRun, cfg: OperatorConfig, uid: str) -> dict:
     """One model's Job: same image, seed and data flags as every other model; only the model differs."""
-    raw = spec.raw
-    volumes, mounts = _volumes(spec, cfg, model_volumes=True)
-    container = {
-        "name": CONTAINER, "image": raw.get("image") or cfg.image, "imagePullPolicy": cfg.image_pull_policy,
-        "command": ["abtest"], "args": list(run.argv),
-        "env": [*_env(cfg), {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
-        "ports": [{"name": "metrics", "containerPort": cfg.metrics_port}],
-        "resources": model_resources(spec), "securityContext": container_security_context(),
-        "terminationMessagePolicy": "FallbackToLogsOnError", "volumeMounts": mounts,
-    }
-    pod_spec = {"automountServiceAccountToken": False, "securityContext": pod_security_context(), "containers": [container],
-                "volumes": volumes, "enableServiceLinks": False}
-    for key in ("nodeSelector", "tolerations", "affinity"):  # the same for every model: hardware parity
-        if raw.get(key):
-            pod_spec[key] = raw[key]
+    env = [*_env(cfg), {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+    pod_spec = _pod_spec(spec, cfg, list(run.argv), env, model_resources(spec), True, automountServiceAccountToken=False)
+    pod_spec["containers"][0]["ports"] = [{"name": "metrics", "containerPort": cfg.metrics_port}]
+    for key, value in (("nodeSelector", spec.node_selector), ("tolerations", list(spec.tolerations)), ("affinity", spec.affinity)):
+        if value:  # the same for every model: hardware parity
+            pod_spec[key] = value
     annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(cfg.metrics_port), "prometheus.io/path": "/metrics"}
     return _job(spec, uid, model_job_name(spec, run.name), "model", pod_spec, run.name, annotations)
 
 
 def analysis_service_account(spec: ABTestSpec) -> str:
-    return object_name(spec.name, "analysis")
+    return object_name(spec.name, ANALYSIS)
 
 
 def build_analysis_job(spec: ABTestSpec, cfg: OperatorConfig, uid: str) -> dict:
-    volumes, mounts = _volumes(spec, cfg, model_volumes=False)
-    container = {
-        "name": CONTAINER, "image": spec.raw.get("image") or cfg.image, "imagePullPolicy": cfg.image_pull_policy,
-        "command": ["abtest"], "args": list(plan.plan_analysis(spec, results_dir(spec), publish=True)),
-        "env": _env(cfg), "resources": cfg.analysis_resources, "securityContext": container_security_context(),
-        "terminationMessagePolicy": "FallbackToLogsOnError", "volumeMounts": mounts,
-    }
-    pod_spec = {"serviceAccountName": analysis_service_account(spec), "automountServiceAccountToken": True,
-                "securityContext": pod_security_context(), "containers": [container], "volumes": volumes, "enableServiceLinks": False}
-    return _job(spec, uid, analysis_job_name(spec), "analysis", pod_spec)
+    args = list(plan.plan_analysis(spec, results_dir(spec), publish=True))
+    pod_spec = _pod_spec(
+        spec,
+        cfg,
+        args,
+        _env(cfg),
+        cfg.analysis_resources,
+        False,
+        serviceAccountName=analysis_service_account(spec),
+        automountServiceAccountToken=True,
+    )
+    return _job(spec, uid, analysis_job_name(spec), ANALYSIS, pod_spec)
 
 
 def build_analysis_rbac(spec: ABTestSpec, uid: str) -> list[dict]:
@@ -177,32 +207,52 @@ def build_analysis_rbac(spec: ABTestSpec, uid: str) -> list[dict]:
     meta = {"name": name, "namespace": spec.namespace, "labels": labels(spec, "analysis"), "ownerReferences": [owner_reference(spec, uid)]}
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta,
-         "rules": [{"apiGroups": [GROUP], "resources": ["abtests/status"], "resourceNames": [spec.name], "verbs": ["get", "patch"]}]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta,
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": spec.namespace}]},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": meta,
+            "rules": [{"apiGroups": [GROUP], "resources": ["abtests/status"], "resourceNames": [spec.name], "verbs": ["get", "patch"]}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": meta,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": spec.namespace}],
+        },
     ]
 
 
 def build_results_claim(spec: ABTestSpec, cfg: OperatorConfig) -> dict | None:
     """The shared per-namespace results claim, unless the user named one. Not owned: results outlive ABTests."""
-    results = spec.raw.get("results") or {}
-    if results.get("claimName"):
+    results = spec.results
+    if results.claim_name:
         return None
-    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-             "metadata": {"name": cfg.results_claim, "namespace": spec.namespace,
-                          "labels": {"app.kubernetes.io/managed-by": "abtest-operator", "app.kubernetes.io/name": "abtest-results"}},
-             "spec": {"accessModes": [results.get("accessMode", "ReadWriteMany")],
-                      "resources": {"requests": {"storage": results.get("size", "1Gi")}}}}
-    if results.get("storageClassName"):
-        claim["spec"]["storageClassName"] = results["storageClassName"]
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": cfg.results_claim,
+            "namespace": spec.namespace,
+            "labels": {"app.kubernetes.io/managed-by": "abtest-operator", "app.kubernetes.io/name": "abtest-results"},
+        },
+        "spec": {"accessModes": [results.access_mode], "resources": {"requests": {"storage": results.size}}},
+    }
+    if results.storage_class_name:
+        claim["spec"]["storageClassName"] = results.storage_class_name
     return claim
 
 
 def model_runs(spec: ABTestSpec, cfg: OperatorConfig) -> list[plan.ModelRun]:
-    extra = ("--metrics-port", str(cfg.metrics_port), "--metrics-addr", "$(POD_IP)", "--progress", "none", *(("--pushgateway", cfg.pushgateway) if cfg.pushgateway else ()))
-    return plan.plan_models(spec, results_dir(spec), models_dir=MODELS_MOUNT, extra=extra)
+    return plan.plan_models(
+        spec,
+        results_dir(spec),
+        models_dir=MODELS_MOUNT,
+        metrics_port=cfg.metrics_port,
+        metrics_addr="$(POD_IP)",
+        progress="none",
+        pushgateway=cfg.pushgateway,
+    )
 
 
 def model_jobs(spec: ABTestSpec, cfg: OperatorConfig, uid: str) -> list[dict]:

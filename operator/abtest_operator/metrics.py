@@ -6,11 +6,16 @@ re-exports every finished test as soon as it has listed them.
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-PHASES = ("Pending", "Running", "Analyzing", "Succeeded", "Failed")
+from abtest_api.constants import PENDING, PHASES
+from abtest_api.errors import UserError
+from abtest_api.result import check_status_result
+
+log = logging.getLogger(__name__)
 
 
 class OperatorMetrics:
@@ -20,10 +25,24 @@ class OperatorMetrics:
         self.by_phase = Gauge("abtest_abtests", "ABTests by phase.", ["phase"], registry=r)
         self.reconcile_errors = Counter("abtest_reconcile_errors", "Reconcile passes that raised.", ["namespace"], registry=r)
         self.reconciles = Counter("abtest_reconciles", "Reconcile passes.", ["namespace"], registry=r)
-        self.accuracy = Gauge("abtest_result_accuracy", "Top-1 accuracy of each model of a finished ABTest.", ["abtest", "namespace", "model"], registry=r)
-        self.p_value = Gauge("abtest_result_p_value", "McNemar p-value (Holm-adjusted for 3+ models) of each pair.", ["abtest", "namespace", "a", "b"], registry=r)
-        self.significant = Gauge("abtest_result_significant", "1 when the pair differs significantly.", ["abtest", "namespace", "a", "b"], registry=r)
-        self.winner = Gauge("abtest_result_winner", "1 for the winning model of a finished ABTest (none: no winner).", ["abtest", "namespace", "model"], registry=r)
+        self.accuracy = Gauge(
+            "abtest_result_accuracy", "Top-1 accuracy of each model of a finished ABTest.", ["abtest", "namespace", "model"], registry=r
+        )
+        self.p_value = Gauge(
+            "abtest_result_p_value",
+            "McNemar p-value (Holm-adjusted for 3+ models) of each pair.",
+            ["abtest", "namespace", "a", "b"],
+            registry=r,
+        )
+        self.significant = Gauge(
+            "abtest_result_significant", "1 when the pair differs significantly.", ["abtest", "namespace", "a", "b"], registry=r
+        )
+        self.winner = Gauge(
+            "abtest_result_winner",
+            "1 for the winning model of a finished ABTest (none: no winner).",
+            ["abtest", "namespace", "model"],
+            registry=r,
+        )
         self.phase_info = Gauge("abtest_phase", "1 for the current phase of each ABTest.", ["abtest", "namespace", "phase"], registry=r)
         self._phases: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
@@ -33,11 +52,17 @@ class OperatorMetrics:
     def observe(self, namespace: str, name: str, status: dict) -> None:
         key = (namespace, name)
         with self._lock:
-            self._phases[key] = status.get("phase", "Pending")
+            self._phases[key] = status.get("phase", PENDING)
             self._refresh_phases()
             for phase in PHASES:
                 self.phase_info.labels(name, namespace, phase).set(1 if self._phases[key] == phase else 0)
         result = status.get("result") or {}
+        try:  # labels come from here: only what the CRD's schema bounds
+            if result:
+                check_status_result(result)
+        except UserError as err:
+            log.warning("ABTest %s/%s: not exporting its result: %s", namespace, name, err)
+            return
         for model, values in (result.get("models") or {}).items():
             self.accuracy.labels(name, namespace, model).set(values["accuracy"])
         for c in result.get("comparisons") or []:

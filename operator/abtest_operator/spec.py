@@ -11,38 +11,27 @@ import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jsonschema
 import yaml
 
-from abtest_crds import openapi_schema
-from abtest_operator.errors import UserError
-
-API_VERSION = "abtest.dev/v1alpha1"
-KIND = "ABTest"
+from abtest_api import crd, evaluate
+from abtest_api.constants import ANALYSIS, API_VERSION, KIND
+from abtest_api.errors import UserError
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
     architecture: str
-    pretrained: bool = False
     checkpoint: str | None = None
-    num_classes: int | None = None
-    in_chans: int | None = None
-    input_size: int | None = None
-    interpolation: str | None = None
-    crop_pct: float | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
+    settings: dict = field(default_factory=dict, compare=False)  # this model's fields of the evaluate contract
 
 
 @dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    split: str = "test"
-    path: str | None = None
-    class_name: str | None = None
-    limit: int | None = None
+class ResultsSpec:
+    claim_name: str | None = None  # None: the operator's shared per-namespace claim
+    access_mode: str = "ReadWriteMany"
+    size: str = "1Gi"
+    storage_class_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,60 +39,24 @@ class ABTestSpec:
     name: str
     namespace: str
     models: tuple[ModelSpec, ...]
-    dataset: DatasetSpec
-    seed: int = 42
     device: str = "auto"
-    batch_size: int = 64
-    workers: int = 2
-    warmup_batches: int = 3
-    amp: bool = False
-    channels_last: bool = False
-    compile: bool = False
     alpha: float = 0.05
     test: str = "auto"
+    # Where the Jobs run and what they may use: the operator's fields.
+    image: str | None = None
+    gpus_per_model: int = 1
+    resources: dict = field(default_factory=dict, compare=False)
+    node_selector: dict = field(default_factory=dict, compare=False)
+    tolerations: tuple[dict, ...] = ()
+    affinity: dict = field(default_factory=dict, compare=False)
+    dataset_volume: dict | None = field(default=None, compare=False)  # a volume source, mounted at /data
+    models_volume: dict | None = field(default=None, compare=False)  # a volume source, mounted at /models
+    results: ResultsSpec = ResultsSpec()
+    queue_name: str | None = None
     stall_timeout_seconds: int = 300
-    raw: dict = field(default_factory=dict, compare=False)  # the defaulted spec, for the operator-only fields
-
-
-def _openapi_to_jsonschema(node):
-    """OpenAPI v3.0 (boolean exclusive bounds, x-kubernetes-*) to the JSON Schema jsonschema speaks."""
-    if isinstance(node, list):
-        return [_openapi_to_jsonschema(n) for n in node]
-    if not isinstance(node, dict):
-        return node
-    out = {k: _openapi_to_jsonschema(v) for k, v in node.items() if not k.startswith("x-kubernetes-")}
-    for bound, limit in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
-        if out.get(bound) is True:
-            out[bound] = out.pop(limit)
-        elif out.get(bound) is False:
-            del out[bound]
-    if node.get("x-kubernetes-int-or-string"):
-        out.pop("type", None)
-    if node.get("x-kubernetes-preserve-unknown-fields"):
-        out.pop("additionalProperties", None)
-    elif out.get("type") == "object" and "properties" in out and "additionalProperties" not in out:
-        out["additionalProperties"] = False  # the API server prunes unknown fields; locally we say so
-    return out
-
-
-def apply_defaults(value, schema: dict):
-    """Structural defaulting, as the API server does: fill ``default`` for absent properties, recursively."""
-    if isinstance(value, dict) and "properties" in schema:
-        for key, sub in schema["properties"].items():
-            if key not in value and "default" in sub:
-                value[key] = copy.deepcopy(sub["default"])
-            if key in value:
-                value[key] = apply_defaults(value[key], sub)
-    elif isinstance(value, list) and "items" in schema:
-        return [apply_defaults(v, schema["items"]) for v in value]
-    return value
-
-
-def _path(error: jsonschema.ValidationError) -> str:
-    text = ""
-    for part in error.absolute_path:
-        text += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return text.lstrip(".") or "<root>"
+    active_deadline_seconds: int | None = None
+    backoff_limit: int = 0
+    ttl_seconds_after_finished: int | None = None
 
 
 def validate_manifest(manifest: dict) -> dict:
@@ -112,14 +65,12 @@ def validate_manifest(manifest: dict) -> dict:
         raise UserError("the manifest must be a YAML mapping with apiVersion, kind, metadata and spec")
     if manifest.get("apiVersion") != API_VERSION or manifest.get("kind") != KIND:
         raise UserError(f"apiVersion/kind must be {API_VERSION}/{KIND}, got {manifest.get('apiVersion')}/{manifest.get('kind')}")
-    schema = openapi_schema()
-    defaulted = apply_defaults(copy.deepcopy(manifest), schema)
-    validator = jsonschema.Draft202012Validator(_openapi_to_jsonschema(schema))
-    errors = sorted(validator.iter_errors(defaulted), key=lambda e: (len(e.absolute_path), _path(e)))
+    defaulted = crd.apply_defaults(copy.deepcopy(manifest), crd.openapi_schema())
+    errors = sorted(crd.validator().iter_errors(defaulted), key=lambda e: (len(e.absolute_path), crd.error_path(e)))
     if errors:
         first = errors[0]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise UserError(f"ABTest is invalid: {_path(first)}: {first.message}{more}")
+        raise UserError(f"ABTest is invalid: {crd.error_path(first)}: {first.message}{more}")
     check_rules(defaulted["spec"])
     name = (defaulted.get("metadata") or {}).get("name") or ""
     if len(name) > 63:
@@ -137,10 +88,12 @@ def check_rules(spec: dict) -> None:
     if dataset["name"] != "digits" and "path" not in dataset:
         raise UserError("ABTest is invalid: spec.dataset.path is required for every dataset but digits (the folder on the dataset volume)")
     if (dataset["name"] == "torchvision") != ("className" in dataset):
-        raise UserError("ABTest is invalid: spec.dataset.className is required with name torchvision (e.g. MNIST) and not allowed otherwise")
+        raise UserError(
+            "ABTest is invalid: spec.dataset.className is required with name torchvision (e.g. MNIST) and not allowed otherwise"
+        )
     for i, model in enumerate(spec["models"]):
-        if model["name"] == "analysis":
-            raise UserError(f"ABTest is invalid: spec.models[{i}].name 'analysis' is reserved for the analysis Job; rename the model")
+        if model["name"] == ANALYSIS:
+            raise UserError(f"ABTest is invalid: spec.models[{i}].name '{ANALYSIS}' is reserved for the analysis Job; rename the model")
         if model.get("pretrained") and "checkpoint" in model:
             raise UserError(f"ABTest is invalid: spec.models[{i}]: set either pretrained or checkpoint on a model, not both")
         if "mean" in model and "std" in model and len(model["mean"]) != len(model["std"]):
@@ -154,23 +107,35 @@ def parse_abtest(manifest: dict) -> ABTestSpec:
     spec, meta = defaulted["spec"], defaulted.get("metadata") or {}
     if not meta.get("name"):
         raise UserError("ABTest is invalid: metadata.name is required")
-    ds = spec["dataset"]
+    results = spec["results"]
     return ABTestSpec(
         name=meta["name"],
         namespace=meta.get("namespace") or "default",
         models=tuple(
-            ModelSpec(
-                name=m["name"], architecture=m["architecture"], pretrained=m.get("pretrained", False),
-                checkpoint=m.get("checkpoint"), num_classes=m.get("numClasses"), in_chans=m.get("inChans"),
-                input_size=m.get("inputSize"), interpolation=m.get("interpolation"), crop_pct=m.get("cropPct"),
-                mean=tuple(m["mean"]) if "mean" in m else None, std=tuple(m["std"]) if "std" in m else None,
-            )
-            for m in spec["models"]
+            ModelSpec(m["name"], m["architecture"], m.get("checkpoint"), evaluate.values_from_spec(spec, m)) for m in spec["models"]
         ),
-        dataset=DatasetSpec(ds["name"], ds["split"], ds.get("path"), ds.get("className"), ds.get("limit")),
-        seed=spec["seed"], device=spec["device"], batch_size=spec["batchSize"], workers=spec["workers"],
-        warmup_batches=spec["warmupBatches"], amp=spec["amp"], channels_last=spec["channelsLast"], compile=spec["compile"],
-        alpha=spec["analysis"]["alpha"], test=spec["analysis"]["test"], stall_timeout_seconds=spec["stallTimeoutSeconds"], raw=spec,
+        device=spec["device"],
+        alpha=spec["analysis"]["alpha"],
+        test=spec["analysis"]["test"],
+        image=spec.get("image"),
+        gpus_per_model=spec.get("gpusPerModel", 1),
+        resources=spec.get("resources") or {},
+        node_selector=spec.get("nodeSelector") or {},
+        tolerations=tuple(spec.get("tolerations") or ()),
+        affinity=spec.get("affinity") or {},
+        dataset_volume=spec["dataset"].get("volume"),
+        models_volume=spec.get("modelsVolume"),
+        results=ResultsSpec(
+            results.get("claimName"),
+            results.get("accessMode", "ReadWriteMany"),
+            results.get("size", "1Gi"),
+            results.get("storageClassName"),
+        ),
+        queue_name=spec.get("queueName"),
+        stall_timeout_seconds=spec["stallTimeoutSeconds"],
+        active_deadline_seconds=spec.get("activeDeadlineSeconds"),
+        backoff_limit=spec.get("backoffLimit", 0),
+        ttl_seconds_after_finished=spec.get("ttlSecondsAfterFinished"),
     )
 
 
@@ -187,4 +152,4 @@ def load_manifest(path: str | Path) -> dict:
     return abtests[0]
 
 
-__all__ = ["ABTestSpec", "DatasetSpec", "ModelSpec", "load_manifest", "parse_abtest", "validate_manifest"]
+__all__ = ["ABTestSpec", "ModelSpec", "ResultsSpec", "load_manifest", "parse_abtest", "validate_manifest"]

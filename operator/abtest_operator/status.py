@@ -7,12 +7,11 @@ itself carries (condition transition times, the analysis's result).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
+from abtest_api.constants import ANALYZING, FAILED, PENDING, RUNNING, SUCCEEDED, TERMINAL_PHASES
 from abtest_operator import manifests
 from abtest_operator.spec import ABTestSpec
-
-PENDING, RUNNING, ANALYZING, SUCCEEDED, FAILED = "Pending", "Running", "Analyzing", "Succeeded", "Failed"
 
 
 @dataclass(frozen=True)
@@ -26,8 +25,9 @@ class JobState:
 
 
 # Container waiting reasons that do not resolve by themselves.
-STALL_WAITING_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName",
-                                   "CreateContainerConfigError", "CreateContainerError"})
+STALL_WAITING_REASONS = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError"}
+)
 
 
 def pod_stall(pod: dict) -> str:
@@ -66,15 +66,27 @@ def _condition(type_: str, ok: bool | None, reason: str, message: str, previous:
     status = "Unknown" if ok is None else str(ok)
     old = previous.get(type_)
     changed = old is None or old.get("status") != status
-    return {"type": type_, "status": status, "reason": reason, "message": message, "observedGeneration": generation,
-            "lastTransitionTime": now if changed else old.get("lastTransitionTime", now)}
+    return {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": now if changed else old.get("lastTransitionTime", now),
+    }
 
 
-def derive_status(spec: ABTestSpec, generation: int, model_jobs: dict[str, JobState], analysis: JobState,
-                  previous: dict | None = None, now: datetime | None = None) -> dict:
+def derive_status(
+    spec: ABTestSpec,
+    generation: int,
+    model_jobs: dict[str, JobState],
+    analysis: JobState,
+    previous: dict | None = None,
+    now: datetime | None = None,
+) -> dict:
     """The whole status (but ``result``, which the analysis Job writes) from observed Job states."""
     previous = previous or {}
-    stamp = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
     failed = [(name, s) for name, s in model_jobs.items() if s.phase == "Failed"]
     done = all(s.phase == "Succeeded" for s in model_jobs.values())
     reason = ""
@@ -95,23 +107,54 @@ def derive_status(spec: ABTestSpec, generation: int, model_jobs: dict[str, JobSt
     old = {c["type"]: c for c in previous.get("conditions") or []}
     stalled = [(name, s.stall) for name, s in model_jobs.items() if s.stall and s.phase in ("Pending", "Running", "Missing")]
     stall_message = "; ".join(f"model {name}: {cause}" for name, cause in stalled)
-    stalled_condition = _condition("Stalled", bool(stalled) and phase not in (SUCCEEDED, FAILED), "PodCannotStart" if stalled else "Progressing",
-                                   stall_message if stalled else "every model pod could start", old, stamp, generation)
+    stalled_condition = _condition(
+        "Stalled",
+        bool(stalled) and phase not in (SUCCEEDED, FAILED),
+        "PodCannotStart" if stalled else "Progressing",
+        stall_message if stalled else "every model pod could start",
+        old,
+        stamp,
+        generation,
+    )
     if stalled and phase not in (SUCCEEDED, FAILED):
         since = datetime.fromisoformat(stalled_condition["lastTransitionTime"].replace("Z", "+00:00"))
-        waited = ((now or datetime.now(timezone.utc)) - since).total_seconds()
+        waited = ((now or datetime.now(UTC)) - since).total_seconds()
         if waited >= spec.stall_timeout_seconds:
             name, cause = stalled[0]
-            phase, reason = FAILED, f"model {name} stalled for {int(waited)}s (spec.stallTimeoutSeconds {spec.stall_timeout_seconds}): {cause}"
+            phase, reason = (
+                FAILED,
+                f"model {name} stalled for {int(waited)}s (spec.stallTimeoutSeconds {spec.stall_timeout_seconds}): {cause}",
+            )
             failed = [(name, model_jobs[name])]
     n_done = sum(s.phase == "Succeeded" for s in model_jobs.values())
     conditions = [
-        _condition("ModelsComplete", True if done else (False if failed else None), "AllModelsSucceeded" if done else ("ModelFailed" if failed else "Evaluating"),
-                   f"{n_done}/{len(model_jobs)} model Jobs succeeded", old, stamp, generation),
-        _condition("Analyzed", analysis.phase == "Succeeded" if analysis.phase in ("Succeeded", "Failed") else None,
-                   {"Succeeded": "AnalysisSucceeded", "Failed": "AnalysisFailed"}.get(analysis.phase, "Waiting"),
-                   {"Succeeded": "verdict written to status.result", "Failed": analysis.message}.get(analysis.phase, "waiting for the model Jobs"), old, stamp, generation),
-        _condition("Ready", phase == SUCCEEDED, phase, "the A/B test has a verdict" if phase == SUCCEEDED else f"phase {phase}", old, stamp, generation),
+        _condition(
+            "ModelsComplete",
+            True if done else (False if failed else None),
+            "AllModelsSucceeded" if done else ("ModelFailed" if failed else "Evaluating"),
+            f"{n_done}/{len(model_jobs)} model Jobs succeeded",
+            old,
+            stamp,
+            generation,
+        ),
+        _condition(
+            "Analyzed",
+            analysis.phase == "Succeeded" if analysis.phase in ("Succeeded", "Failed") else None,
+            {"Succeeded": "AnalysisSucceeded", "Failed": "AnalysisFailed"}.get(analysis.phase, "Waiting"),
+            {"Succeeded": "verdict written to status.result", "Failed": analysis.message}.get(analysis.phase, "waiting for the model Jobs"),
+            old,
+            stamp,
+            generation,
+        ),
+        _condition(
+            "Ready",
+            phase == SUCCEEDED,
+            phase,
+            "the A/B test has a verdict" if phase == SUCCEEDED else f"phase {phase}",
+            old,
+            stamp,
+            generation,
+        ),
         _condition("Failed", phase == FAILED, "Failed" if phase == FAILED else "NoFailure", reason, old, stamp, generation),
         stalled_condition,
     ]
@@ -127,8 +170,15 @@ def derive_status(spec: ABTestSpec, generation: int, model_jobs: dict[str, JobSt
         entry.update(results.get(m.name) or {})
         models.append(entry)
     starts = [s.start for s in model_jobs.values() if s.start]
-    status = {"phase": phase, "reason": reason, "observedGeneration": generation, "modelCount": len(spec.models),
-              "resultsPath": manifests.results_dir(spec), "conditions": conditions, "models": models}
+    status = {
+        "phase": phase,
+        "reason": reason,
+        "observedGeneration": generation,
+        "modelCount": len(spec.models),
+        "resultsPath": manifests.results_dir(spec),
+        "conditions": conditions,
+        "models": models,
+    }
     if starts:
         status["startTime"] = previous.get("startTime") or min(starts)
     if phase in (SUCCEEDED, FAILED):
@@ -139,7 +189,7 @@ def derive_status(spec: ABTestSpec, generation: int, model_jobs: dict[str, JobSt
 def is_terminal(status: dict | None) -> bool:
     """Succeeded and Failed latch: once written, a verdict is never re-derived, even when the Jobs it was
     derived from are gone (ttlSecondsAfterFinished, a person, a restore without Jobs)."""
-    return (status or {}).get("phase") in (SUCCEEDED, FAILED)
+    return (status or {}).get("phase") in TERMINAL_PHASES
 
 
 def wanted_objects(spec: ABTestSpec, phase: str) -> tuple[bool, bool]:

@@ -47,20 +47,86 @@ def make_pki(pki: Path, address: str) -> None:
     """A CA, the apiserver's serving certificate (its address, the Service IP, in-cluster names), its
     client certificate for kubelets (logs, exec), and service-account keys."""
     pki.mkdir(parents=True, exist_ok=True)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-             "-subj", "/CN=abtest-e2e-ca", cwd=pki)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=abtest-e2e-ca",
+        cwd=pki,
+    )
     (pki / "san.cnf").write_text(
         "[req]\ndistinguished_name=dn\n[dn]\n[ext]\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
         f"extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,IP:{address},IP:10.0.0.1,DNS:localhost,DNS:kubernetes,"
-        "DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n")
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "apiserver.key", "-out", "apiserver.csr", "-subj", "/CN=kube-apiserver", cwd=pki)
-    _openssl("x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "apiserver.crt",
-             "-days", "2", "-extfile", "san.cnf", "-extensions", "ext", cwd=pki)
-    (pki / "client.cnf").write_text("[ext]\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n")
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "kubelet-client.key", "-out", "kubelet-client.csr",
-             "-subj", "/O=system:masters/CN=kube-apiserver-kubelet-client", cwd=pki)
-    _openssl("x509", "-req", "-in", "kubelet-client.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "kubelet-client.crt",
-             "-days", "2", "-extfile", "client.cnf", "-extensions", "ext", cwd=pki)
+        "DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n"
+    )
+    _openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "apiserver.key", "-out", "apiserver.csr", "-subj", "/CN=kube-apiserver", cwd=pki
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "apiserver.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "apiserver.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.cnf",
+        "-extensions",
+        "ext",
+        cwd=pki,
+    )
+    (pki / "client.cnf").write_text(
+        "[ext]\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n"
+    )
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "kubelet-client.key",
+        "-out",
+        "kubelet-client.csr",
+        "-subj",
+        "/O=system:masters/CN=kube-apiserver-kubelet-client",
+        cwd=pki,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "kubelet-client.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "kubelet-client.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "client.cnf",
+        "-extensions",
+        "ext",
+        cwd=pki,
+    )
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
 
@@ -69,8 +135,12 @@ def kubeconfig(server: str, ca: Path, token: str, user: str = "admin") -> dict:
     import base64
 
     return {
-        "apiVersion": "v1", "kind": "Config", "current-context": "e2e",
-        "clusters": [{"name": "e2e", "cluster": {"server": server, "certificate-authority-data": base64.b64encode(ca.read_bytes()).decode()}}],
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "e2e",
+        "clusters": [
+            {"name": "e2e", "cluster": {"server": server, "certificate-authority-data": base64.b64encode(ca.read_bytes()).decode()}}
+        ],
         "users": [{"name": user, "user": {"token": token}}],
         "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": user}}],
     }
@@ -84,10 +154,11 @@ class Processes:
     procs: dict[str, subprocess.Popen]
 
     def _start(self, name: str, args: list[str]) -> None:
-        log = open(self.root / f"{name}.log", "w")
+        log = open(self.root / f"{name}.log", "w")  # noqa: SIM115 (open for the process's lifetime)
         env = {**os.environ, "PATH": f"{self.bin}:{os.environ['PATH']}"}  # containerd finds its shim there
-        self.procs[name] = subprocess.Popen([str(self.bin / name.split("#")[0]), *args], stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True, env=env)
+        self.procs[name] = subprocess.Popen(
+            [str(self.bin / name.split("#")[0]), *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
 
     def check_alive(self) -> None:
         for name, proc in self.procs.items():
@@ -140,41 +211,90 @@ class ControlPlane(Processes):
         self.port, self.etcd_port, peer = free_port(), free_port(), free_port()
         from cluster.node import NODE_NAME
 
-        (self.root / "tokens.csv").write_text(f"{ADMIN_TOKEN},admin,admin-uid,system:masters\n"
-                                              f'{NODE_TOKEN},system:node:{NODE_NAME},node-uid,"system:nodes"\n'
-                                              f"{PROXY_TOKEN},system:kube-proxy,proxy-uid\n")
+        (self.root / "tokens.csv").write_text(
+            f"{ADMIN_TOKEN},admin,admin-uid,system:masters\n"
+            f'{NODE_TOKEN},system:node:{NODE_NAME},node-uid,"system:nodes"\n'
+            f"{PROXY_TOKEN},system:kube-proxy,proxy-uid\n"
+        )
         self.admin_kubeconfig.write_text(yaml.safe_dump(kubeconfig(self.server, self.ca, ADMIN_TOKEN)))
-        self._start("etcd", [
-            "--name", "e2e", "--data-dir", str(self.root / "etcd"),
-            "--listen-client-urls", f"http://127.0.0.1:{self.etcd_port}", "--advertise-client-urls", f"http://127.0.0.1:{self.etcd_port}",
-            "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-cluster", f"e2e=http://127.0.0.1:{peer}", "--unsafe-no-fsync", "--log-level", "warn",
-        ])
-        self._start("kube-apiserver", [
-            f"--etcd-servers=http://127.0.0.1:{self.etcd_port}", f"--bind-address={self.address}", f"--secure-port={self.port}",
-            f"--advertise-address={self.address}", f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
-            f"--client-ca-file={pki / 'ca.crt'}", f"--token-auth-file={self.root / 'tokens.csv'}", "--authorization-mode=Node,RBAC",
-            "--enable-admission-plugins=NodeRestriction,OwnerReferencesPermissionEnforcement", f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
-            f"--kubelet-client-key={pki / 'kubelet-client.key'}", "--kubelet-preferred-address-types=InternalIP",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local", f"--service-account-key-file={pki / 'sa.pub'}",
-            f"--service-account-signing-key-file={pki / 'sa.key'}", "--service-cluster-ip-range=10.0.0.0/24",
-            "--allow-privileged=false", "--profiling=false", "--enable-priority-and-fairness=false", *self.apiserver_args,
-        ])
+        self._start(
+            "etcd",
+            [
+                "--name",
+                "e2e",
+                "--data-dir",
+                str(self.root / "etcd"),
+                "--listen-client-urls",
+                f"http://127.0.0.1:{self.etcd_port}",
+                "--advertise-client-urls",
+                f"http://127.0.0.1:{self.etcd_port}",
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{peer}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{peer}",
+                "--initial-cluster",
+                f"e2e=http://127.0.0.1:{peer}",
+                "--unsafe-no-fsync",
+                "--log-level",
+                "warn",
+            ],
+        )
+        self._start(
+            "kube-apiserver",
+            [
+                f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+                f"--bind-address={self.address}",
+                f"--secure-port={self.port}",
+                f"--advertise-address={self.address}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                f"--token-auth-file={self.root / 'tokens.csv'}",
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction,OwnerReferencesPermissionEnforcement",
+                f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'kubelet-client.key'}",
+                "--kubelet-preferred-address-types=InternalIP",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--allow-privileged=false",
+                "--profiling=false",
+                "--enable-priority-and-fairness=false",
+                *self.apiserver_args,
+            ],
+        )
         self.wait_ready()
-        common = [f"--kubeconfig={self.admin_kubeconfig}", "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={free_port()}"]
-        self._start("kube-controller-manager", [
-            *common, f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
-            "--use-service-account-credentials=true",
-            # Jobs, Deployments (the operator), EndpointSlices, node lifecycle (lifts the not-ready taint), garbage collector, service accounts and their
-            # tokens, namespaces, PV binding, the CA publisher and the TTL-after-finished controller
-            "--controllers=job,deployment-controller,replicaset-controller,endpointslice-controller,endpointslice-mirroring-controller,"
-            "node-lifecycle-controller,garbage-collector-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller,"
-            "persistentvolume-binder-controller,root-ca-certificate-publisher-controller,ttl-after-finished-controller",
-        ])
-        self._start("kube-scheduler", [f"--kubeconfig={self.admin_kubeconfig}", "--leader-elect=false", "--bind-address=127.0.0.1",
-                                       f"--secure-port={free_port()}"])
-        self.wait_for(lambda: self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0, 60,
-                      "the serviceaccount controller to create default/default")
+        common = [
+            f"--kubeconfig={self.admin_kubeconfig}",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={free_port()}",
+        ]
+        self._start(
+            "kube-controller-manager",
+            [
+                *common,
+                f"--service-account-private-key-file={pki / 'sa.key'}",
+                f"--root-ca-file={pki / 'ca.crt'}",
+                "--use-service-account-credentials=true",
+                # Jobs, Deployments (the operator), EndpointSlices, node lifecycle (lifts the not-ready taint), garbage collector, service accounts and their
+                # tokens, namespaces, PV binding, the CA publisher and the TTL-after-finished controller
+                "--controllers=job,deployment-controller,replicaset-controller,endpointslice-controller,endpointslice-mirroring-controller,"
+                "node-lifecycle-controller,garbage-collector-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller,"
+                "persistentvolume-binder-controller,root-ca-certificate-publisher-controller,ttl-after-finished-controller",
+            ],
+        )
+        self._start(
+            "kube-scheduler",
+            [f"--kubeconfig={self.admin_kubeconfig}", "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={free_port()}"],
+        )
+        self.wait_for(
+            lambda: self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0,
+            60,
+            "the serviceaccount controller to create default/default",
+        )
         return self
 
     def _ssl(self) -> ssl.SSLContext:
@@ -192,6 +312,7 @@ class ControlPlane(Processes):
                 return self.get("/readyz") == "ok"
             except OSError:
                 return False
+
         self.wait_for(ready, timeout, "kube-apiserver /readyz")
 
     @staticmethod
@@ -204,9 +325,16 @@ class ControlPlane(Processes):
             time.sleep(interval)
         raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
-    def kubectl(self, *args: str, check: bool = True, input: str | None = None, kubeconfig: Path | None = None) -> subprocess.CompletedProcess:
-        proc = subprocess.run([str(self.bin / "kubectl"), f"--kubeconfig={kubeconfig or self.admin_kubeconfig}", *args],
-                              capture_output=True, text=True, input=input, timeout=120)
+    def kubectl(
+        self, *args: str, check: bool = True, input: str | None = None, kubeconfig: Path | None = None
+    ) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [str(self.bin / "kubectl"), f"--kubeconfig={kubeconfig or self.admin_kubeconfig}", *args],
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=120,
+        )
         if check and proc.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {proc.stderr}")
         return proc

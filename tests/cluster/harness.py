@@ -40,8 +40,22 @@ def build_images(*targets: str) -> dict[str, tuple[str, Path]]:
 
 
 def helm_template(binaries: Path, *sets: str) -> list[dict]:
-    out = subprocess.run([str(binaries / "helm"), "template", RELEASE, str(ROOT / "charts" / "abtest-operator"), "--namespace", RELEASE_NS, "--kube-version", "1.37.2",
-                          *itertools.chain.from_iterable(("--set", s) for s in sets)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            str(binaries / "helm"),
+            "template",
+            RELEASE,
+            str(ROOT / "charts" / "abtest-operator"),
+            "--namespace",
+            RELEASE_NS,
+            "--kube-version",
+            "1.37.2",
+            *itertools.chain.from_iterable(("--set", s) for s in sets),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
@@ -54,22 +68,42 @@ class Operator:
         operator_ref, evaluator_ref = images["operator"][0], images["evaluator-cpu"][0]
         self.values = {
             "crds.enabled": "false",  # the tests apply crds/ themselves: the single source
-            "operator.image.repository": operator_ref.rsplit(":", 1)[0], "operator.image.tag": operator_ref.rsplit(":", 1)[1],
-            "operator.image.pullPolicy": "Never", "operator.maxWorkers": "4",
-            "evaluator.image.repository": evaluator_ref.rsplit(":", 1)[0], "evaluator.image.tag": evaluator_ref.rsplit(":", 1)[1],
-            "evaluator.image.pullPolicy": "Never", **(values or {}),
+            "operator.image.repository": operator_ref.rsplit(":", 1)[0],
+            "operator.image.tag": operator_ref.rsplit(":", 1)[1],
+            "operator.image.pullPolicy": "Never",
+            "operator.maxWorkers": "4",
+            "evaluator.image.repository": evaluator_ref.rsplit(":", 1)[0],
+            "evaluator.image.tag": evaluator_ref.rsplit(":", 1)[1],
+            "evaluator.image.pullPolicy": "Never",
+            **(values or {}),
         }
         self.metrics_port = 8080
 
     def install(self) -> None:
         helm = [str(self.binaries / "helm"), "--kubeconfig", str(self.cluster.admin_kubeconfig)]
         sets = list(itertools.chain.from_iterable(("--set", f"{k}={v}") for k, v in self.values.items()))
-        out = subprocess.run([*helm, "install", RELEASE, str(ROOT / "charts" / "abtest-operator"), "-n", RELEASE_NS, "--create-namespace",
-                              *sets, "--wait", "--timeout", "3m"], capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                *helm,
+                "install",
+                RELEASE,
+                str(ROOT / "charts" / "abtest-operator"),
+                "-n",
+                RELEASE_NS,
+                "--create-namespace",
+                *sets,
+                "--wait",
+                "--timeout",
+                "3m",
+            ],
+            capture_output=True,
+            text=True,
+        )
         if out.returncode != 0:
             raise RuntimeError(f"helm install failed: {out.stderr}\n{self.describe()}")
-        self.sa = next(d for d in helm_template(self.binaries, *(f"{k}={v}" for k, v in self.values.items()))
-                       if d["kind"] == "ServiceAccount")["metadata"]["name"]
+        self.sa = next(
+            d for d in helm_template(self.binaries, *(f"{k}={v}" for k, v in self.values.items())) if d["kind"] == "ServiceAccount"
+        )["metadata"]["name"]
         self.deployment = f"{RELEASE}-abtest-operator"
         ControlPlane.wait_for(self._healthy, 120, "the operator's /metrics")
 
@@ -111,6 +145,7 @@ class Operator:
         def restarted():
             status = self.pod()["status"]["containerStatuses"][0]
             return status["restartCount"] > restarts and self._healthy()
+
         ControlPlane.wait_for(restarted, 120, "the kubelet to restart the operator", interval=0.5)
 
     def crash(self) -> None:
@@ -125,8 +160,22 @@ class Operator:
         ControlPlane.wait_for(self._healthy, 180, "the operator's new pod", interval=0.5)
 
     def uninstall(self) -> None:
-        subprocess.run([str(self.binaries / "helm"), "--kubeconfig", str(self.cluster.admin_kubeconfig), "uninstall", RELEASE, "-n", RELEASE_NS,
-                        "--wait", "--timeout", "60s"], capture_output=True, text=True)
+        subprocess.run(
+            [
+                str(self.binaries / "helm"),
+                "--kubeconfig",
+                str(self.cluster.admin_kubeconfig),
+                "uninstall",
+                RELEASE,
+                "-n",
+                RELEASE_NS,
+                "--wait",
+                "--timeout",
+                "60s",
+            ],
+            capture_output=True,
+            text=True,
+        )
 
     def log(self) -> str:
         out = self.cluster.kubectl("logs", "-n", RELEASE_NS, "-l", OPERATOR_SELECTOR, "--tail=300", check=False)
@@ -145,9 +194,19 @@ def host_volume(cluster: ControlPlane, namespace: str, claim: str, path: Path, r
     if not read_only:
         path.chmod(0o1777)  # the pods run as UID 65532; a hostPath volume keeps the host's modes
     pv_name = f"{namespace}-{claim}"
-    pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv_name},
-          "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteMany", "ReadOnlyMany"], "persistentVolumeReclaimPolicy": "Retain",
-                   "storageClassName": "", "hostPath": {"path": str(path)}, "claimRef": {"namespace": namespace, "name": claim}}}
+    pv = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": pv_name},
+        "spec": {
+            "capacity": {"storage": "10Gi"},
+            "accessModes": ["ReadWriteMany", "ReadOnlyMany"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "",
+            "hostPath": {"path": str(path)},
+            "claimRef": {"namespace": namespace, "name": claim},
+        },
+    }
     cluster.kubectl("apply", "-f", "-", input=json.dumps(pv))
 
 
@@ -155,13 +214,27 @@ def make_namespace(cluster: ControlPlane, models_dir: Path, label: str):
     """A fresh namespace enforcing Pod Security "restricted", with results and models volumes."""
     name = f"e2e-{next(_ns_counter)}-{label[:20].replace('_', '-').strip('-').lower()}"
     cluster.kubectl("create", "namespace", name)
-    cluster.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted", "pod-security.kubernetes.io/enforce-version=latest")
+    cluster.kubectl(
+        "label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted", "pod-security.kubernetes.io/enforce-version=latest"
+    )
     results = cluster.root / "results" / name
     host_volume(cluster, name, "abtest-results", results)
     host_volume(cluster, name, "abtest-models", models_dir)
-    cluster.kubectl("apply", "-n", name, "-f", "-", input=json.dumps(
-        {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "abtest-models"},
-         "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "", "resources": {"requests": {"storage": "1Gi"}}}}))
+    cluster.kubectl(
+        "apply",
+        "-n",
+        name,
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "abtest-models"},
+                "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "", "resources": {"requests": {"storage": "1Gi"}}},
+            }
+        ),
+    )
     ns = type("Namespace", (), {})()
     ns.name, ns.results = name, results
     return ns
@@ -185,21 +258,35 @@ class Prometheus:
         cfg = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "scrape_configs": [
-                {"job_name": "abtest-operator", "file_sd_configs": [{"files": [str(self.targets["abtest-operator"])], "refresh_interval": "1s"}]},
-                {"job_name": "abtest-evaluators", "honor_labels": True,
-                 "file_sd_configs": [{"files": [str(self.targets["abtest-evaluators"])], "refresh_interval": "1s"}]},
+                {
+                    "job_name": "abtest-operator",
+                    "file_sd_configs": [{"files": [str(self.targets["abtest-operator"])], "refresh_interval": "1s"}],
+                },
+                {
+                    "job_name": "abtest-evaluators",
+                    "honor_labels": True,
+                    "file_sd_configs": [{"files": [str(self.targets["abtest-evaluators"])], "refresh_interval": "1s"}],
+                },
             ],
         }
         self._stop = threading.Event()
         threading.Thread(target=self._discover, daemon=True).start()
         (root / "prometheus.yml").write_text(yaml.safe_dump(cfg))
-        self.log = open(root / "prometheus.log", "w")
+        self.log = open(root / "prometheus.log", "w")  # noqa: SIM115 (open for the server's lifetime)
         binary = shutil.which("prometheus")
         if binary is None:
             raise RuntimeError("prometheus is not installed: apt-get install prometheus (hack/test.sh does)")
-        self.proc = subprocess.Popen([binary, f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'data'}",
-                                      f"--web.listen-address=127.0.0.1:{self.port}"], stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={root / 'prometheus.yml'}",
+                f"--storage.tsdb.path={root / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         ControlPlane.wait_for(self._ready, 60, "prometheus /-/ready")
 
     def _ready(self) -> bool:
@@ -234,8 +321,12 @@ class Prometheus:
             for p in pods:
                 if (p.metadata.annotations or {}).get("prometheus.io/scrape") == "true" and p.status.pod_ip:
                     job = "abtest-operator" if p.metadata.namespace == RELEASE_NS else "abtest-evaluators"
-                    groups[job].append({"targets": [f"{p.status.pod_ip}:{p.metadata.annotations['prometheus.io/port']}"],
-                                        "labels": {"pod": p.metadata.name}})
+                    groups[job].append(
+                        {
+                            "targets": [f"{p.status.pod_ip}:{p.metadata.annotations['prometheus.io/port']}"],
+                            "labels": {"pod": p.metadata.name},
+                        }
+                    )
             for job, path in self.targets.items():
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(groups[job]))
@@ -277,5 +368,7 @@ def start_operator(cluster: ControlPlane, binaries: Path, images: dict, values: 
     cluster.timings["operator install"] = time.monotonic() - started
     token = cluster.kubectl("create", "token", op.sa, "-n", RELEASE_NS, "--duration=4h").stdout.strip()
     op.kubeconfig = cluster.root / "operator.kubeconfig"
-    op.kubeconfig.write_text(yaml.safe_dump(kubeconfig(cluster.server, cluster.ca, token, user=f"system:serviceaccount:{RELEASE_NS}:{op.sa}")))
+    op.kubeconfig.write_text(
+        yaml.safe_dump(kubeconfig(cluster.server, cluster.ca, token, user=f"system:serviceaccount:{RELEASE_NS}:{op.sa}"))
+    )
     return op

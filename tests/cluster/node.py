@@ -15,6 +15,7 @@ root, with its state under the run's root folder:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -79,52 +80,100 @@ class Node(Processes):
     def start(self) -> Node:
         self.root.mkdir(parents=True, exist_ok=True)
         self._start_containerd()
-        for target, (ref, archive) in self.images.items():
+        for target, (_ref, archive) in self.images.items():
             started = time.monotonic()
             self.ctr("images", "import", str(archive))  # named by the archive's ref.name annotation
             self.cluster.timings[f"import {target}"] = time.monotonic() - started
 
         cfg = self.root / "kubelet"
         cfg.mkdir(exist_ok=True)
-        (cfg / "kubeconfig").write_text(yaml.safe_dump(kubeconfig(self.cluster.server, self.cluster.ca, self.cluster.node_token,
-                                                                  user=f"system:node:{NODE_NAME}")))
+        (cfg / "kubeconfig").write_text(
+            yaml.safe_dump(kubeconfig(self.cluster.server, self.cluster.ca, self.cluster.node_token, user=f"system:node:{NODE_NAME}"))
+        )
         self.kubelet_port = free_port()
-        (cfg / "config.yaml").write_text(yaml.safe_dump({
-            "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-            "failCgroupV1": False, "cgroupDriver": "cgroupfs",  # this machine kind has cgroups v1
-            "containerRuntimeEndpoint": f"unix://{self.sock}",
-            "address": GATEWAY, "port": self.kubelet_port, "readOnlyPort": 0,
-            "healthzBindAddress": "127.0.0.1", "healthzPort": free_port(),
-            "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
-                               "x509": {"clientCAFile": str(self.cluster.ca)}},
-            "authorization": {"mode": "Webhook"},
-            "podCIDR": POD_CIDR, "maxPods": 110, "failSwapOn": False,
-            "podLogsDir": str(self.root / "pod-logs"),
-            "resolvConf": "/etc/resolv.conf",
-            "imageGCHighThresholdPercent": 100, "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
-            "serializeImagePulls": False, "fileCheckFrequency": "5s", "syncFrequency": "5s",
-            "nodeStatusUpdateFrequency": "5s", "nodeStatusReportFrequency": "10s",
-            "shutdownGracePeriod": "0s", "logging": {"verbosity": 1},
-        }))
-        self._start("kubelet", [f"--config={cfg / 'config.yaml'}", f"--kubeconfig={cfg / 'kubeconfig'}", f"--root-dir={self.root / 'kubelet-root'}",
-                                f"--cert-dir={cfg / 'pki'}", f"--hostname-override={NODE_NAME}", f"--node-ip={GATEWAY}"])
+        (cfg / "config.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kubelet.config.k8s.io/v1beta1",
+                    "kind": "KubeletConfiguration",
+                    "failCgroupV1": False,
+                    "cgroupDriver": "cgroupfs",  # this machine kind has cgroups v1
+                    "containerRuntimeEndpoint": f"unix://{self.sock}",
+                    "address": GATEWAY,
+                    "port": self.kubelet_port,
+                    "readOnlyPort": 0,
+                    "healthzBindAddress": "127.0.0.1",
+                    "healthzPort": free_port(),
+                    "authentication": {
+                        "anonymous": {"enabled": False},
+                        "webhook": {"enabled": True},
+                        "x509": {"clientCAFile": str(self.cluster.ca)},
+                    },
+                    "authorization": {"mode": "Webhook"},
+                    "podCIDR": POD_CIDR,
+                    "maxPods": 110,
+                    "failSwapOn": False,
+                    "podLogsDir": str(self.root / "pod-logs"),
+                    "resolvConf": "/etc/resolv.conf",
+                    "imageGCHighThresholdPercent": 100,
+                    "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
+                    "serializeImagePulls": False,
+                    "fileCheckFrequency": "5s",
+                    "syncFrequency": "5s",
+                    "nodeStatusUpdateFrequency": "5s",
+                    "nodeStatusReportFrequency": "10s",
+                    "shutdownGracePeriod": "0s",
+                    "logging": {"verbosity": 1},
+                }
+            )
+        )
+        self._start(
+            "kubelet",
+            [
+                f"--config={cfg / 'config.yaml'}",
+                f"--kubeconfig={cfg / 'kubeconfig'}",
+                f"--root-dir={self.root / 'kubelet-root'}",
+                f"--cert-dir={cfg / 'pki'}",
+                f"--hostname-override={NODE_NAME}",
+                f"--node-ip={GATEWAY}",
+            ],
+        )
         self.cluster.wait_for(self._ready, 120, f"node {NODE_NAME} to be Ready", interval=0.5)
         # Extended resources are advertised through the node's status (kubernetes.io docs, "Advertise Extended Resources").
-        self.cluster.kubectl("patch", "node", NODE_NAME, "--subresource=status", "--type=merge", "-p",
-                             json.dumps({"status": {"capacity": EXTENDED_RESOURCES}}))
-        self.cluster.wait_for(self._advertises_extended_resources, 60, "the kubelet to make the extended resources allocatable", interval=0.5)
+        self.cluster.kubectl(
+            "patch",
+            "node",
+            NODE_NAME,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps({"status": {"capacity": EXTENDED_RESOURCES}}),
+        )
+        self.cluster.wait_for(
+            self._advertises_extended_resources, 60, "the kubelet to make the extended resources allocatable", interval=0.5
+        )
 
         proxy = self.root / "kube-proxy"
         proxy.mkdir(exist_ok=True)
-        (proxy / "kubeconfig").write_text(yaml.safe_dump(kubeconfig(self.cluster.server, self.cluster.ca, self.cluster.proxy_token,
-                                                                    user="system:kube-proxy")))
-        (proxy / "config.yaml").write_text(yaml.safe_dump({
-            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration", "mode": "iptables",
-            "clientConnection": {"kubeconfig": str(proxy / "kubeconfig")}, "hostnameOverride": NODE_NAME, "clusterCIDR": POD_CIDR,
-            "healthzBindAddress": f"127.0.0.1:{free_port()}", "metricsBindAddress": f"127.0.0.1:{free_port()}",
-            # leave the host's conntrack sysctls alone
-            "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
-        }))
+        (proxy / "kubeconfig").write_text(
+            yaml.safe_dump(kubeconfig(self.cluster.server, self.cluster.ca, self.cluster.proxy_token, user="system:kube-proxy"))
+        )
+        (proxy / "config.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+                    "kind": "KubeProxyConfiguration",
+                    "mode": "iptables",
+                    "clientConnection": {"kubeconfig": str(proxy / "kubeconfig")},
+                    "hostnameOverride": NODE_NAME,
+                    "clusterCIDR": POD_CIDR,
+                    "healthzBindAddress": f"127.0.0.1:{free_port()}",
+                    "metricsBindAddress": f"127.0.0.1:{free_port()}",
+                    # leave the host's conntrack sysctls alone
+                    "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+                }
+            )
+        )
         self._start("kube-proxy", [f"--config={proxy / 'config.yaml'}"])
         self.cluster.wait_for(self._service_rules, 60, "kube-proxy's rules for the kubernetes Service", interval=0.5)
         return self
@@ -134,19 +183,35 @@ class Node(Processes):
         state.mkdir(parents=True, exist_ok=True)
         cni_conf = self.root / "cni"
         cni_conf.mkdir(exist_ok=True)
-        (cni_conf / "10-abtest.conflist").write_text(json.dumps({
-            "cniVersion": "1.0.0", "name": "abtest",
-            "plugins": [
-                {"type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": False, "hairpinMode": True,
-                 "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_CIDR, "gateway": GATEWAY}]],
-                          "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(self.root / "cni-ipam")}},
-                {"type": "portmap", "capabilities": {"portMappings": True}},
-            ],
-        }, indent=1))
+        (cni_conf / "10-abtest.conflist").write_text(
+            json.dumps(
+                {
+                    "cniVersion": "1.0.0",
+                    "name": "abtest",
+                    "plugins": [
+                        {
+                            "type": "bridge",
+                            "bridge": BRIDGE,
+                            "isGateway": True,
+                            "ipMasq": False,
+                            "hairpinMode": True,
+                            "ipam": {
+                                "type": "host-local",
+                                "ranges": [[{"subnet": POD_CIDR, "gateway": GATEWAY}]],
+                                "routes": [{"dst": "0.0.0.0/0"}],
+                                "dataDir": str(self.root / "cni-ipam"),
+                            },
+                        },
+                        {"type": "portmap", "capabilities": {"portMappings": True}},
+                    ],
+                },
+                indent=1,
+            )
+        )
         pause_ref = self.images["pause"][0]
         (state / "config.toml").write_text(f"""version = 3
-root = "{state / 'root'}"
-state = "{state / 'state'}"
+root = "{state / "root"}"
+state = "{state / "state"}"
 [grpc]
   address = "{self.sock}"
 [plugins."io.containerd.cri.v1.images"]
@@ -162,7 +227,7 @@ state = "{state / 'state'}"
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
         BinaryName = "{RUNC}"
-        Root = "{state / 'runc'}"
+        Root = "{state / "runc"}"
         SystemdCgroup = false
   [plugins."io.containerd.cri.v1.runtime".cni]
     bin_dirs = {json.dumps(CNI_BIN_DIRS)}
@@ -171,8 +236,12 @@ state = "{state / 'state'}"
   disable_tcp_service = true
 """)
         self._start("containerd", ["--config", str(state / "config.toml")])
-        self.cluster.wait_for(lambda: self.check_alive() or (self.sock.exists() and self.ctr("version", check=False).returncode == 0),
-                              60, "containerd's socket", interval=0.2)
+        self.cluster.wait_for(
+            lambda: self.check_alive() or (self.sock.exists() and self.ctr("version", check=False).returncode == 0),
+            60,
+            "containerd's socket",
+            interval=0.2,
+        )
 
     def _ready(self) -> bool:
         self.check_alive()
@@ -213,10 +282,8 @@ state = "{state / 'state'}"
         """Stops the pods' containers first (so nothing outlives the run), then the node's processes."""
         if "containerd" in self.procs and self.procs["containerd"].poll() is None:
             for pid in self.tasks().values():
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
         for name in ("kube-proxy", "kubelet"):
             self._stop(name)
         sh(str(self.bin / "kube-proxy"), "--cleanup", check=False)  # its iptables rules belong to this run only

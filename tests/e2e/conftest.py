@@ -20,8 +20,11 @@ from cluster.node import GATEWAY
 from helpers import CACHE
 
 pytestmark = pytest.mark.e2e
-EXAMPLE_CHECKPOINTS = {"timm/resnet10t": "resnet10t-digits.pth", "timm/test_vit": "test_vit-digits.safetensors",
-                       "torchvision/shufflenet_v2_x0_5": "shufflenet_v2_x0_5-digits.pth"}
+EXAMPLE_CHECKPOINTS = {
+    "timm/resnet10t": "resnet10t-digits.pth",
+    "timm/test_vit": "test_vit-digits.safetensors",
+    "torchvision/shufflenet_v2_x0_5": "shufflenet_v2_x0_5-digits.pth",
+}
 
 
 @pytest.fixture(scope="session")

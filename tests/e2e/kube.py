@@ -30,6 +30,7 @@ def wait_phase(cluster: ControlPlane, namespace: str, name: str, phases: tuple[s
     def reached():
         obj = get_abtest(cluster, namespace, name)
         return obj if (obj.get("status") or {}).get("phase") in phases else None
+
     try:
         return ControlPlane.wait_for(reached, timeout, f"ABTest {namespace}/{name} to reach {phases}", interval=1)
     except TimeoutError:

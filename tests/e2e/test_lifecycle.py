@@ -25,8 +25,13 @@ def test_two_model_example_succeeds_with_the_right_p_value(cluster, namespace):
     done = wait_phase(cluster, namespace.name, name, ("Succeeded", "Failed"))
     status = done["status"]
     assert status["phase"] == "Succeeded", status
-    assert {c["type"]: c["status"] for c in status["conditions"]} == {"ModelsComplete": "True", "Analyzed": "True", "Ready": "True", "Failed": "False",
-                                                                                    "Stalled": "False"}
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {
+        "ModelsComplete": "True",
+        "Analyzed": "True",
+        "Ready": "True",
+        "Failed": "False",
+        "Stalled": "False",
+    }
 
     # kubectl get shows the printer columns
     table = cluster.kubectl("get", "abtests", "-n", namespace.name).stdout.splitlines()
@@ -35,8 +40,10 @@ def test_two_model_example_succeeds_with_the_right_p_value(cluster, namespace):
 
     # the p-value in status equals statsmodels on the predictions written to the results volume
     results = namespace.results / namespace.name / name
-    correct = {m: (lambda t: t.column("pred").to_numpy() == t.column("label").to_numpy())(pq.read_table(results / m / "predictions.parquet"))
-               for m in ("resnet", "vit")}
+    correct = {
+        m: (lambda t: t.column("pred").to_numpy() == t.column("label").to_numpy())(pq.read_table(results / m / "predictions.parquet"))
+        for m in ("resnet", "vit")
+    }
     n10 = int((correct["resnet"] & ~correct["vit"]).sum())
     n01 = int((~correct["resnet"] & correct["vit"]).sum())
     both = int((correct["resnet"] & correct["vit"]).sum())
@@ -90,8 +97,12 @@ def test_operator_killed_mid_run_resumes_without_duplicates(cluster, namespace, 
     wait_phase(cluster, namespace.name, name, ("Running",), timeout=120)
     operator.crash()  # frozen, then SIGKILLed: no cleanup, no goodbye
     try:
-        cluster.wait_for(lambda: all((j.get("status") or {}).get("succeeded") for j in jobs(cluster, namespace.name)), 180,
-                         "the model Jobs to finish while the operator is down", interval=1)
+        cluster.wait_for(
+            lambda: all((j.get("status") or {}).get("succeeded") for j in jobs(cluster, namespace.name)),
+            180,
+            "the model Jobs to finish while the operator is down",
+            interval=1,
+        )
         assert get_abtest(cluster, namespace.name, name)["status"]["phase"] == "Running"  # nobody advanced it meanwhile
     finally:
         operator.start()
@@ -145,6 +156,7 @@ def test_deleting_the_abtest_collects_jobs_and_pods_but_keeps_results(cluster, n
     def collected():
         left = cluster.kubectl("get", "jobs,pods", "-n", namespace.name, "-o", "name").stdout.split()
         return not left
+
     cluster.wait_for(collected, 90, "garbage collection of the Jobs and Pods", interval=1)
     assert (results / "result.json").exists() and (results / "resnet" / "predictions.parquet").exists()
     # the shared results claim is not owned by the ABTest: it stays too
@@ -209,8 +221,10 @@ def test_job_name_collision_across_abtests_fails_the_newcomer_only(cluster, name
 STALLS = {
     "unschedulable": ({"nodeSelector": {"abtest.dev/pool": "nowhere"}}, "unschedulable: 0/1 nodes are available"),
     "image": ({"image": "localhost/abtest/missing:0"}, "ErrImageNeverPull"),
-    "admission": ({"dataset": {"name": "digits", "split": "test", "volume": {"hostPath": {"path": "/srv"}}}},
-                  'violates PodSecurity "restricted:latest": restricted volume types (volume "data" uses restricted volume type "hostPath")'),
+    "admission": (
+        {"dataset": {"name": "digits", "split": "test", "volume": {"hostPath": {"path": "/srv"}}}},
+        'violates PodSecurity "restricted:latest": restricted volume types (volume "data" uses restricted volume type "hostPath")',
+    ),
 }
 
 
@@ -226,6 +240,7 @@ def test_a_pod_that_cannot_start_is_stalled_then_failed(cluster, namespace, case
     def stalled():
         conditions = {c["type"]: c for c in (get_abtest(cluster, namespace.name, name).get("status") or {}).get("conditions", [])}
         return conditions.get("Stalled", {}).get("status") == "True" and conditions["Stalled"]
+
     condition = cluster.wait_for(stalled, 60, "the Stalled condition", interval=1)
     assert cause in condition["message"], condition
     status = wait_phase(cluster, namespace.name, name, ("Failed", "Succeeded"), timeout=90)["status"]

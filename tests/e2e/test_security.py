@@ -3,9 +3,8 @@
 import json
 import re
 
-import yaml
-
 import pytest
+import yaml
 
 from kube import apply, example_manifest, wait_phase
 
@@ -23,8 +22,15 @@ def test_operator_identity_is_least_privilege(cluster, operator):
     assert can_i(cluster, user, "patch", "abtests.abtest.dev", "--subresource=status", "-n", "anything")
     # the API server enforces OwnerReferencesPermissionEnforcement: owner references that block deletion need this
     assert can_i(cluster, user, "update", "abtests.abtest.dev", "--subresource=finalizers", "-n", "anything")
-    for verb, resource in (("get", "secrets"), ("list", "secrets"), ("delete", "jobs.batch"), ("create", "pods"),
-                           ("create", "pods/exec"), ("delete", "abtests.abtest.dev"), ("create", "clusterroles")):
+    for verb, resource in (
+        ("get", "secrets"),
+        ("list", "secrets"),
+        ("delete", "jobs.batch"),
+        ("create", "pods"),
+        ("create", "pods/exec"),
+        ("delete", "abtests.abtest.dev"),
+        ("create", "clusterroles"),
+    ):
         assert not can_i(cluster, user, verb, resource, "-A"), f"operator may {verb} {resource}"
     # and for real, with the token the operator runs on
     denied = cluster.kubectl("get", "secrets", "-A", kubeconfig=operator.kubeconfig, check=False)
@@ -64,7 +70,11 @@ def test_rendered_chart_passes_a_server_side_dry_run(cluster, operator, binaries
     from cluster.harness import helm_template
 
     docs = helm_template(binaries, "crds.enabled=false")
-    out = cluster.kubectl("apply", "--dry-run=server", "-n", "abtest-system", "-f", "-", input="---\n".join(yaml.safe_dump(d) for d in docs), check=False)
+    out = cluster.kubectl(
+        "apply", "--dry-run=server", "-n", "abtest-system", "-f", "-", input="---\n".join(yaml.safe_dump(d) for d in docs), check=False
+    )
     assert out.returncode == 0, out.stderr
     # the chart is installed for real by the operator fixture, so the dry run updates rather than creates
-    assert re.search(r"^deployment\.apps/abtest-abtest-operator (created|configured|unchanged) \(server dry run\)$", out.stdout, re.M), out.stdout
+    assert re.search(r"^deployment\.apps/abtest-abtest-operator (created|configured|unchanged) \(server dry run\)$", out.stdout, re.M), (
+        out.stdout
+    )

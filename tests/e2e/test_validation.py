@@ -11,13 +11,23 @@ from kube import apply, example_manifest, get_abtest
 pytestmark = pytest.mark.e2e
 
 API_MESSAGES = {
-    "no models": "spec.models: Required value", "one model": "spec.models: Invalid value", "17 models": "spec.models: Too many",
-    "duplicate names": "spec.models[].name must be unique", "model name": "spec.models[0].name", "alpha 1.5": "spec.analysis.alpha",
-    "alpha 0": "spec.analysis.alpha", "negative batch": "spec.batchSize", "pretrained and checkpoint": "set either pretrained or checkpoint",
-    "unknown device": "spec.device: Unsupported value", "unknown dataset": "spec.dataset.name: Unsupported value",
-    "dataset without path": "spec.dataset.path is required", "architecture": "spec.models[0].architecture",
-    "gpus on cpu": "spec.gpusPerModel must be 0", "unknown field": 'unknown field "spec.batchsize"',
-    "negative deadline": "spec.activeDeadlineSeconds", "mean/std": "mean and std need the same number of values",
+    "no models": "spec.models: Required value",
+    "one model": "spec.models: Invalid value",
+    "17 models": "spec.models: Too many",
+    "duplicate names": "spec.models[].name must be unique",
+    "model name": "spec.models[0].name",
+    "alpha 1.5": "spec.analysis.alpha",
+    "alpha 0": "spec.analysis.alpha",
+    "negative batch": "spec.batchSize",
+    "pretrained and checkpoint": "set either pretrained or checkpoint",
+    "unknown device": "spec.device: Unsupported value",
+    "unknown dataset": "spec.dataset.name: Unsupported value",
+    "dataset without path": "spec.dataset.path is required",
+    "architecture": "spec.models[0].architecture",
+    "gpus on cpu": "spec.gpusPerModel must be 0",
+    "unknown field": 'unknown field "spec.batchsize"',
+    "negative deadline": "spec.activeDeadlineSeconds",
+    "mean/std": "mean and std need the same number of values",
     "reserved model name": "'analysis' is reserved for the analysis Job",
 }
 
@@ -44,8 +54,17 @@ def test_spec_is_immutable(cluster, namespace):
     assert proc.returncode != 0 and "spec is immutable" in proc.stderr
     assert get_abtest(cluster, namespace.name, "immutable")["spec"]["seed"] == 42
     # status stays writable (the operator and the analysis use the subresource)
-    cluster.kubectl("patch", "abtest", "immutable", "-n", namespace.name, "--subresource=status", "--type=merge",
-                    "-p", '{"status": {"reason": "probe"}}')
+    cluster.kubectl(
+        "patch",
+        "abtest",
+        "immutable",
+        "-n",
+        namespace.name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        '{"status": {"reason": "probe"}}',
+    )
 
 
 def test_defaults_and_explain(cluster, namespace):

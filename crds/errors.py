@@ -1,4 +1,4 @@
-"""The one exception type users see: a one-line message naming the problem and the fix."""
+"""The errors users see: a one-line message naming the problem and the fix."""
 
 
 class UserError(Exception):
@@ -11,4 +11,4 @@ class UserError(Exception):
 
 
 class NameConflict(UserError):
-    """An object this ABTest must create exists already and belongs to something else."""
+    """An object an ABTest must create exists already and belongs to something else."""

@@ -1,4 +1,4 @@
-"""metrics.json's measurements from per-sample arrays: accuracy, calibration, per-class, latency. Torch-free."""
+"""The measurements in metrics.json, from per-sample arrays: accuracy, calibration, per-class accuracy, confusion, latency. Torch-free."""
 
 from __future__ import annotations
 
@@ -34,8 +34,10 @@ def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BIN
 def latency_summary(batch_seconds: np.ndarray, batch_sizes: np.ndarray) -> dict:
     batch_ms = batch_seconds * 1e3
     image_ms = batch_ms / batch_sizes
+
     def pcts(values):
         return {f"p{p}": float(np.percentile(values, p)) for p in PERCENTILES} | {"mean": float(values.mean())}
+
     return {
         "batch_ms": pcts(batch_ms),
         "image_ms": pcts(image_ms),
@@ -44,8 +46,15 @@ def latency_summary(batch_seconds: np.ndarray, batch_sizes: np.ndarray) -> dict:
     }
 
 
-def summarize(labels: np.ndarray, preds: np.ndarray, top5_hit: np.ndarray | None, confidence: np.ndarray,
-              batch_seconds: np.ndarray, batch_sizes: np.ndarray, num_classes: int) -> dict:
+def summarize(
+    labels: np.ndarray,
+    preds: np.ndarray,
+    top5_hit: np.ndarray | None,
+    confidence: np.ndarray,
+    batch_seconds: np.ndarray,
+    batch_sizes: np.ndarray,
+    num_classes: int,
+) -> dict:
     correct = preds == labels
     matrix = confusion_matrix(labels, preds, labels=np.arange(num_classes))
     support = matrix.sum(axis=1)

@@ -1,0 +1,155 @@
+"""The evaluate contract: what one model evaluation is asked to do, declared once.
+
+:class:`EvalConfig` is ``abtest evaluate``'s flags, the planner's per-model argument lists and the
+evaluator's settings at the same time. Each field says its flag's help and, when the ABTest sets it,
+where in the spec it comes from (``spec:batchSize``, ``model:numClasses``): the CLI parser is
+generated from the fields (:func:`add_arguments`), the planner fills a config from the spec
+(:func:`values_from_spec`) and turns it into argv (:func:`to_argv`), and the evaluator reads it.
+Adding an option touches this file and the CRD.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from functools import cache
+
+
+def option(default=dataclasses.MISSING, *, help: str, spec: str | None = None, choices: tuple[str, ...] = (), group: str | None = None):
+    """A field of the contract: ``spec`` is ``spec:<path>`` or ``model:<path>`` (dots between keys) when the ABTest sets it;
+    fields sharing a ``group`` are mutually exclusive flags."""
+    return field(default=default, metadata={"help": help, "spec": spec, "choices": choices, "group": group})
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    model: str = option(help="timm/NAME or torchvision/NAME", spec="model:architecture")
+    dataset: str = option(help="digits | imagefolder | cifar10 | cifar100 | torchvision", spec="spec:dataset.name")
+    path: str | None = option(None, help="dataset directory (all but digits)", spec="spec:dataset.path")
+    dataset_class: str | None = option(
+        None, help="torchvision.datasets class name, with --dataset torchvision", spec="spec:dataset.className"
+    )
+    split: str = option("test", help="test (default) or train", spec="spec:dataset.split")
+    limit: int | None = option(None, help="evaluate only the first N samples", spec="spec:dataset.limit")
+    checkpoint: str | None = option(None, help="state dict file (.pth or .safetensors)", spec="model:checkpoint", group="weights")
+    pretrained: bool = option(False, help="hub weights (needs network access)", spec="model:pretrained", group="weights")
+    num_classes: int | None = option(None, help="classifier outputs (default: the dataset's class count)", spec="model:numClasses")
+    in_chans: int = option(3, help="input channels (1 for grey models)", spec="model:inChans")
+    seed: int = option(42, help="seed for weights, data order and workers", spec="spec:seed")
+    batch_size: int = option(64, help="images per forward pass", spec="spec:batchSize")
+    workers: int = option(2, help="DataLoader worker processes", spec="spec:workers")
+    threads: int | None = option(None, help="CPU threads (default: the container's CPU limit)")
+    device: str = option("auto", help="where the model runs", spec="spec:device", choices=("auto", "cpu", "cuda"))
+    warmup_batches: int = option(3, help="untimed passes before the timed loop", spec="spec:warmupBatches")
+    amp: bool = option(False, help="autocast (float16 on GPU, bfloat16 on CPU)", spec="spec:amp")
+    amp_dtype: str = option("float16", help="autocast dtype on GPU", choices=("float16", "bfloat16"))
+    channels_last: bool = option(False, help="channels-last memory format", spec="spec:channelsLast")
+    compile: bool = option(False, help="torch.compile the model", spec="spec:compile")
+    input_size: int | None = option(None, help="image side in pixels (default: the model's pretrained config)", spec="model:inputSize")
+    interpolation: str | None = option(None, help="resize interpolation (default: the model's)", spec="model:interpolation")
+    mean: tuple[float, ...] | None = option(None, help="normalisation mean, comma-separated", spec="model:mean")
+    std: tuple[float, ...] | None = option(None, help="normalisation std, comma-separated", spec="model:std")
+    crop_pct: float | None = option(None, help="centre-crop fraction (1.0: no crop)", spec="model:cropPct")
+    metrics_port: int | None = option(None, help="serve Prometheus /metrics on this port while running")
+    metrics_addr: str = option("0.0.0.0", help="address for /metrics (in a pod: its IP, from the downward API)")
+    pushgateway: str | None = option(None, help="push final metrics to this Pushgateway URL")
+    abtest: str = option("", help="ABTest name (metric label)")
+    namespace: str = option("", help="ABTest namespace (metric label)")
+    name: str = option("", help="the model's name in the ABTest (metric label, default: --model)", spec="model:name")
+    progress: str = option("auto", help="progress display", choices=("auto", "bar", "json", "none"))
+    out: str = option(help="output directory")
+
+    @property
+    def model_label(self) -> str:
+        return self.name or self.model
+
+
+@cache
+def _types() -> dict[str, type]:
+    """Each field's value type: ``int | None`` -> int, ``tuple[float, ...]`` -> tuple."""
+    out = {}
+    for name, hint in typing.get_type_hints(EvalConfig).items():
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        out[name] = typing.get_origin(hint) or hint
+    return out
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``abtest evaluate``'s flags, one per field."""
+    groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
+    for f in dataclasses.fields(EvalConfig):
+        meta, kind = f.metadata, _types()[f.name]
+        if meta["group"] and meta["group"] not in groups:
+            groups[meta["group"]] = parser.add_mutually_exclusive_group()
+        target = groups[meta["group"]] if meta["group"] else parser
+        kwargs: dict = {"help": meta["help"], "dest": f.name}
+        if f.default is dataclasses.MISSING:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = f.default
+        if kind is bool:
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["type"] = _floats if kind is tuple else kind
+            if meta["choices"]:
+                kwargs["choices"] = meta["choices"]
+        target.add_argument(flag(f.name), **kwargs)
+
+
+def from_args(args: argparse.Namespace) -> EvalConfig:
+    return EvalConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig)})
+
+
+def to_argv(cfg: EvalConfig) -> list[str]:
+    """The flags that reproduce ``cfg``, in field order. What an ABTest sets is always spelled out (every Job shows
+    its controlled variables, whatever the image's defaults); other defaults are left out."""
+    argv = []
+    for f in dataclasses.fields(EvalConfig):
+        value = getattr(cfg, f.name)
+        if value is None or value is False or value == "" or (value == f.default and not f.metadata["spec"]):
+            continue
+        if isinstance(value, bool):
+            argv.append(flag(f.name))
+        elif isinstance(value, tuple):
+            argv += [flag(f.name), ",".join(map(str, value))]
+        else:
+            argv += [flag(f.name), str(value)]
+    return argv
+
+
+def parse_argv(argv: list[str]) -> EvalConfig:
+    """``to_argv``'s inverse (what ``abtest evaluate`` does with its arguments)."""
+    parser = argparse.ArgumentParser(prog="abtest evaluate")
+    add_arguments(parser)
+    return from_args(parser.parse_args(argv))
+
+
+def values_from_spec(spec: dict, model: dict) -> dict:
+    """The fields an ABTest sets for one of its models, from its (defaulted) spec and that model's entry."""
+    values = {}
+    for f in dataclasses.fields(EvalConfig):
+        source = f.metadata["spec"]
+        if not source:
+            continue
+        where, _, path = source.partition(":")
+        node = spec if where == "spec" else model
+        for key in path.split("."):
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is not None:
+            values[f.name] = tuple(node) if isinstance(node, list) else node
+    return values

@@ -1,0 +1,64 @@
+"""``status.result``: the part of ``result.json`` that the analysis writes into the ABTest's status.
+
+The analysis projects ``result.json`` with :func:`status_result` and validates it before the patch;
+the operator validates what it reads before turning it into metrics (bounded labels, numbers that are
+numbers). The schema is the CRD's ``status.result``: one declaration, checked by the API server too.
+"""
+
+from __future__ import annotations
+
+from abtest_api import crd
+from abtest_api.errors import UserError
+
+P_FLOOR = 1e-300  # smaller p-values are reported as this bound, never as 0
+
+
+def format_p(p: float, bounded: bool = False) -> str:
+    """A p-value as people read it; one below the floor is a bound ("< 1e-300"), never 0."""
+    if bounded:
+        return f"< {P_FLOOR:.0e}"
+    return f"{p:.3g}" if p >= 1e-4 else f"{p:.2e}"
+
+
+def status_result(result: dict) -> dict:
+    """The small camelCase summary of ``result.json`` that goes into ``status.result``."""
+    best = min(result["comparisons"], key=lambda c: c["p_value_adjusted"])
+    omnibus = result.get("omnibus")
+    return {
+        "winner": result["winner"] or "none",
+        "verdict": result["verdict"],
+        "pValue": format_p(best["p_value_adjusted"], best["p_value_text"].startswith("<")),
+        "significant": any(c["significant"] for c in result["comparisons"]),
+        "alpha": result["alpha"],
+        "method": result["method"],
+        "n": result["n"],
+        "models": {
+            n: {"accuracy": m["accuracy"], "throughput": m["throughput"], "latencyMsP50": m["latency_ms_p50"]}
+            for n, m in result["models"].items()
+        },
+        "comparisons": [
+            {
+                "a": c["a"],
+                "b": c["b"],
+                "n01": c["n01"],
+                "n10": c["n10"],
+                "pValue": c["p_value"],
+                "pValueAdjusted": c["p_value_adjusted"],
+                "significant": c["significant"],
+                "accuracyDiff": c["accuracy_diff"],
+                "ci95": c["ci95"],
+                "method": c["method"],
+            }
+            for c in result["comparisons"]
+        ],
+        "omnibus": None if not omnibus else {"test": "cochrans_q", "statistic": omnibus["statistic"], "pValue": omnibus["p_value"]},
+        "warnings": result["warnings"],
+    }
+
+
+def check_status_result(value: dict) -> dict:
+    """``value`` when it fits the CRD's ``status.result`` schema; a UserError naming the first bad field otherwise."""
+    errors = sorted(crd.validator("status", "result").iter_errors(value), key=lambda e: crd.error_path(e))
+    if errors:
+        raise UserError(f"status.result is invalid: {crd.error_path(errors[0])}: {errors[0].message}")
+    return value

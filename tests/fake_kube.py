@@ -1,0 +1,167 @@
+"""An in-memory stand-in for the four Kubernetes API clients the handlers use, for the handler tier.
+
+It answers with the kubernetes client's own models (deserialized from dicts, as the real client does),
+raises its ApiException with real status codes, counts requests, and lets a test play the Job and
+pod controllers by editing stored objects. The e2e tier proves the handlers against a real cluster;
+this tier proves their decisions in milliseconds.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import uuid
+from collections import Counter
+from types import SimpleNamespace
+
+from kubernetes.client import ApiClient
+from kubernetes.client.exceptions import ApiException
+
+_api_client = ApiClient()
+_versions = itertools.count(1)
+
+
+def model(obj: dict, kind: str):
+    """``obj`` as the client's model class ``kind`` (V1Job, V1Pod, …), through the client's public deserializer."""
+    return _api_client.deserialize(json.dumps(obj), kind, "application/json")
+
+
+def _matches(obj: dict, label_selector: str | None) -> bool:
+    labels = obj["metadata"].get("labels") or {}
+    for term in filter(None, (label_selector or "").split(",")):
+        key, _, value = term.partition("=")
+        if labels.get(key) != value:
+            return False
+    return True
+
+
+class FakeCluster:
+    """Objects by (kind, namespace, name); ``calls`` counts requests by method name."""
+
+    def __init__(self):
+        self.objects: dict[tuple[str, str, str], dict] = {}
+        self.calls: Counter[str] = Counter()
+        self.fail_next: dict[str, ApiException] = {}  # method name -> the error its next call raises
+        self.batch = _Api(self, "batch")
+        self.core = _Api(self, "core")
+        self.rbac = _Api(self, "rbac")
+        self.custom = _Api(self, "custom")
+
+    def _call(self, method: str) -> None:
+        self.calls[method] += 1
+        if method in self.fail_next:
+            raise self.fail_next.pop(method)
+
+    def add(self, kind: str, obj: dict) -> dict:
+        obj = copy.deepcopy(obj)
+        meta = obj["metadata"]
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta.setdefault("creationTimestamp", "2026-11-27T12:00:00Z")
+        meta["resourceVersion"] = str(next(_versions))
+        self.objects[(kind, meta.get("namespace", "default"), meta["name"])] = obj
+        return obj
+
+    def get(self, kind: str, namespace: str, name: str) -> dict:
+        return self.objects[(kind, namespace, name)]
+
+    def of_kind(self, kind: str) -> list[dict]:
+        return [o for (k, _, _), o in self.objects.items() if k == kind]
+
+    def create(self, kind: str, namespace: str, body: dict) -> dict:
+        if (kind, namespace, body["metadata"]["name"]) in self.objects:
+            raise ApiException(status=409, reason="AlreadyExists")
+        return self.add(kind, {**body, "metadata": {**body["metadata"], "namespace": namespace}})
+
+    def read(self, kind: str, namespace: str, name: str) -> dict:
+        try:
+            return self.objects[(kind, namespace, name)]
+        except KeyError:
+            raise ApiException(status=404, reason="NotFound") from None
+
+    def set_job_status(self, name: str, namespace: str, status: dict) -> None:
+        """Play the Job controller."""
+        self.get("Job", namespace, name)["status"] = status
+
+
+class _Api:
+    """The subset of BatchV1Api / CoreV1Api / RbacAuthorizationV1Api / CustomObjectsApi the operator calls."""
+
+    api_client = _api_client
+
+    def __init__(self, cluster: FakeCluster, group: str):
+        self._c, self._group = cluster, group
+
+    def __getattr__(self, method: str):
+        handler = getattr(self, f"_{method}", None)
+        if handler is None:
+            raise AttributeError(f"the fake {self._group} API has no {method}")
+
+        def call(*args, **kwargs):
+            self._c._call(method)
+            return handler(*args, **kwargs)
+
+        return call
+
+    # batch/v1
+    def _create_namespaced_job(self, namespace, body):
+        return model(self._c.create("Job", namespace, body), "V1Job")
+
+    def _read_namespaced_job(self, name, namespace):
+        return model(self._c.read("Job", namespace, name), "V1Job")
+
+    def _list_namespaced_job(self, namespace, label_selector=None):
+        return SimpleNamespace(
+            items=[
+                model(o, "V1Job") for o in self._c.of_kind("Job") if o["metadata"]["namespace"] == namespace and _matches(o, label_selector)
+            ]
+        )
+
+    def _patch_namespaced_job(self, name, namespace, body):
+        job = self._c.read("Job", namespace, name)
+        job["spec"].update(body.get("spec") or {})
+        return model(job, "V1Job")
+
+    # core/v1
+    def _create_namespaced_persistent_volume_claim(self, namespace, body):
+        return self._c.create("PersistentVolumeClaim", namespace, body)
+
+    def _create_namespaced_service_account(self, namespace, body):
+        return self._c.create("ServiceAccount", namespace, body)
+
+    def _list_namespaced_pod(self, namespace, label_selector=None):
+        return SimpleNamespace(
+            items=[
+                model(o, "V1Pod") for o in self._c.of_kind("Pod") if o["metadata"]["namespace"] == namespace and _matches(o, label_selector)
+            ]
+        )
+
+    def _list_namespaced_event(self, namespace, field_selector=None):
+        wanted = dict(term.split("=", 1) for term in (field_selector or "").split(",") if term)
+        events = [
+            o
+            for o in self._c.of_kind("Event")
+            if o["metadata"]["namespace"] == namespace
+            and all(str(o.get(k.split(".")[0], {}).get(k.split(".")[1]) if "." in k else o.get(k)) == v for k, v in wanted.items())
+        ]
+        return SimpleNamespace(items=[model(o, "CoreV1Event") for o in events])
+
+    # rbac.authorization.k8s.io/v1
+    def _create_namespaced_role(self, namespace, body):
+        return self._c.create("Role", namespace, body)
+
+    def _create_namespaced_role_binding(self, namespace, body):
+        return self._c.create("RoleBinding", namespace, body)
+
+    # custom objects (the ABTests)
+    def _get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        return copy.deepcopy(self._c.read("ABTest", namespace, name))
+
+    def _patch_namespaced_custom_object_status(self, group, version, namespace, plural, name, body):
+        abtest = self._c.read("ABTest", namespace, name)
+        expected = (body.get("metadata") or {}).get("resourceVersion")
+        if expected and expected != abtest["metadata"]["resourceVersion"]:
+            raise ApiException(status=409, reason="Conflict")
+        abtest["status"] = {**(abtest.get("status") or {}), **body["status"]}
+        abtest["metadata"]["resourceVersion"] = str(next(_versions))
+        return copy.deepcopy(abtest)

@@ -1,0 +1,275 @@
+"""The handler tier: the kopf handlers' decisions with fake clients injected through ``memo``, as kopf tests its own.
+
+Seconds to run. What a real API server, Job controller and kubelet do is proven in tests/e2e; here each
+test plays them by editing the fake's objects and checks what one reconcile pass decides: what it
+creates, what status it writes, which Events it posts, how it fails.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import kopf
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from abtest_api.constants import LABEL_NAME
+from abtest_operator import handlers
+from abtest_operator.metrics import OperatorMetrics
+from abtest_operator.settings import OperatorConfig
+from abtest_operator.spec import load_manifest
+from fake_kube import FakeCluster
+from helpers import ROOT
+
+NS = "team-a"
+
+
+class RecordedEvents:
+    def __init__(self):
+        self.posted: list[tuple[str, str, str]] = []
+
+    def info(self, body, *, reason, message):
+        self.posted.append(("Normal", reason, message))
+
+    def warn(self, body, *, reason, message):
+        self.posted.append(("Warning", reason, message))
+
+    def reasons(self) -> list[str]:
+        return [reason for _, reason, _ in self.posted]
+
+
+@pytest.fixture
+def cluster() -> FakeCluster:
+    return FakeCluster()
+
+
+@pytest.fixture
+def memo(cluster) -> kopf.Memo:
+    clients = handlers.Clients(batch=cluster.batch, core=cluster.core, custom=cluster.custom, rbac=cluster.rbac)
+    return kopf.Memo(
+        clients=clients, config=OperatorConfig(image="registry.example/evaluator:test"), metrics=OperatorMetrics(), events=RecordedEvents()
+    )
+
+
+def apply_abtest(cluster: FakeCluster, mutate=None) -> dict:
+    manifest = load_manifest(ROOT / "examples" / "abtest-digits.yaml")
+    manifest["metadata"].update(namespace=NS, generation=1)
+    if mutate:
+        mutate(manifest)
+    return cluster.add("ABTest", manifest)
+
+
+def reconcile(memo, cluster, abtest) -> dict:
+    """One pass over the ABTest as stored now (kopf hands the handler the latest body)."""
+    return handlers.reconcile(memo, copy.deepcopy(cluster.get("ABTest", NS, abtest["metadata"]["name"])))
+
+
+def complete(cluster, name):
+    cluster.set_job_status(
+        name, NS, {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": "2026-11-27T12:05:00Z"}]}
+    )
+
+
+def test_first_pass_creates_the_claim_and_one_job_per_model(memo, cluster):
+    abtest = apply_abtest(cluster)
+    new = reconcile(memo, cluster, abtest)
+    jobs = sorted(j["metadata"]["name"] for j in cluster.of_kind("Job"))
+    assert jobs == ["digits-resnet-vs-vit-resnet", "digits-resnet-vs-vit-vit"]
+    assert [c["metadata"]["name"] for c in cluster.of_kind("PersistentVolumeClaim")] == ["abtest-results"]
+    assert all(j["metadata"]["ownerReferences"][0]["uid"] == abtest["metadata"]["uid"] for j in cluster.of_kind("Job"))
+    assert new["phase"] == "Pending" and cluster.get("ABTest", NS, abtest["metadata"]["name"])["status"]["phase"] == "Pending"
+    assert memo.events.posted[0] == ("Normal", "JobsCreated", "created digits-resnet-vs-vit-resnet, digits-resnet-vs-vit-vit")
+
+
+def test_a_pass_with_nothing_new_creates_nothing_and_writes_nothing(memo, cluster):
+    abtest = apply_abtest(cluster)
+    reconcile(memo, cluster, abtest)
+    for job in ("digits-resnet-vs-vit-resnet", "digits-resnet-vs-vit-vit"):
+        cluster.set_job_status(job, NS, {"active": 1, "ready": 1, "startTime": "2026-11-27T12:01:00Z"})
+    assert reconcile(memo, cluster, abtest)["phase"] == "Running"
+    before = dict(cluster.calls)
+    reconcile(memo, cluster, abtest)
+    new_calls = {k: v - before.get(k, 0) for k, v in cluster.calls.items() if v != before.get(k, 0)}
+    assert new_calls == {"list_namespaced_job": 1}  # observe only: no pod list, no create, no status patch
+    assert len(cluster.of_kind("Job")) == 2 and memo.events.reasons() == ["JobsCreated", "Pending", "Running"]
+
+
+def test_already_exists_from_our_own_earlier_pass_is_success(memo, cluster):
+    abtest = apply_abtest(cluster)
+    reconcile(memo, cluster, abtest)
+    # The list misses one of our Jobs (a stale cache, say): the create answers 409, the read shows it is ours.
+    cluster.get("Job", NS, "digits-resnet-vs-vit-vit")["metadata"]["labels"] = {}
+    reconcile(memo, cluster, abtest)
+    assert cluster.calls["create_namespaced_job"] == 3 and cluster.calls["read_namespaced_job"] == 1
+    assert len(cluster.of_kind("Job")) == 2
+    status = cluster.get("ABTest", NS, abtest["metadata"]["name"])["status"]
+    assert status["phase"] == "Pending" and "NameConflict" not in memo.events.reasons()
+
+
+def test_a_name_taken_by_another_abtest_fails_with_the_reason(memo, cluster):
+    cluster.add(
+        "Job",
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {
+                "name": "digits-resnet-vs-vit-vit",
+                "namespace": NS,
+                "ownerReferences": [
+                    {
+                        "apiVersion": "abtest.dev/v1alpha1",
+                        "kind": "ABTest",
+                        "name": "digits-resnet-vs",
+                        "uid": "someone-else",
+                        "controller": True,
+                    }
+                ],
+            },
+            "spec": {"template": {"spec": {"containers": []}}},
+        },
+    )
+    abtest = apply_abtest(cluster)
+    with pytest.raises(kopf.PermanentError, match="belongs to something else"):
+        reconcile(memo, cluster, abtest)
+    status = cluster.get("ABTest", NS, abtest["metadata"]["name"])["status"]
+    assert status["phase"] == "Failed" and "Job team-a/digits-resnet-vs-vit-vit already exists" in status["reason"]
+    assert memo.events.posted[-1][:2] == ("Warning", "NameConflict")
+
+
+def test_an_invalid_spec_is_failed_once_with_the_field_named(memo, cluster):
+    abtest = apply_abtest(cluster, lambda m: m["spec"].pop("modelsVolume"))
+    with pytest.raises(kopf.PermanentError):
+        reconcile(memo, cluster, abtest)
+    assert reconcile(memo, cluster, abtest)["phase"] == "Failed"  # latched: the next pass changes nothing
+    status = cluster.get("ABTest", NS, abtest["metadata"]["name"])["status"]
+    assert status["phase"] == "Failed" and "spec.models[0].checkpoint" in status["reason"] and "modelsVolume" in status["reason"]
+    assert memo.events.reasons() == ["InvalidSpec"]
+    assert cluster.calls["patch_namespaced_custom_object_status"] == 1 and not cluster.of_kind("Job")
+
+
+def test_all_models_done_starts_the_analysis_with_its_own_scoped_account(memo, cluster):
+    abtest = apply_abtest(cluster)
+    reconcile(memo, cluster, abtest)
+    for job in ("digits-resnet-vs-vit-resnet", "digits-resnet-vs-vit-vit"):
+        complete(cluster, job)
+    new = reconcile(memo, cluster, abtest)
+    assert new["phase"] == "Analyzing"
+    assert [o["metadata"]["name"] for kind in ("ServiceAccount", "Role", "RoleBinding") for o in cluster.of_kind(kind)] == [
+        "digits-resnet-vs-vit-analysis"
+    ] * 3
+    analysis = cluster.get("Job", NS, "digits-resnet-vs-vit-analysis")
+    assert analysis["spec"]["template"]["spec"]["serviceAccountName"] == "digits-resnet-vs-vit-analysis"
+    complete(cluster, "digits-resnet-vs-vit-analysis")
+    assert reconcile(memo, cluster, abtest)["phase"] == "Succeeded"
+    assert memo.events.reasons()[-1] == "Succeeded"
+
+
+def test_a_failed_model_names_the_pod_message_and_stops_the_others(memo, cluster):
+    abtest = apply_abtest(cluster)
+    reconcile(memo, cluster, abtest)
+    cluster.set_job_status("digits-resnet-vs-vit-vit", NS, {"active": 1, "ready": 1})
+    cluster.set_job_status(
+        "digits-resnet-vs-vit-resnet",
+        NS,
+        {
+            "failed": 1,
+            "conditions": [
+                {"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "lastTransitionTime": "2026-11-27T12:03:00Z"}
+            ],
+        },
+    )
+    cluster.add(
+        "Pod",
+        {
+            "metadata": {
+                "name": "digits-resnet-vs-vit-resnet-x1",
+                "namespace": NS,
+                "labels": {"job-name": "digits-resnet-vs-vit-resnet", LABEL_NAME: "digits-resnet-vs-vit"},
+            },
+            "status": {
+                "containerStatuses": [
+                    {
+                        "name": "evaluator",
+                        "image": "i",
+                        "imageID": "",
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {"terminated": {"exitCode": 2, "message": "Traceback …\nerror: checkpoint does not fit timm/resnet10t"}},
+                    }
+                ]
+            },
+        },
+    )
+    new = reconcile(memo, cluster, abtest)
+    assert new["phase"] == "Failed"
+    assert new["reason"] == "model resnet failed: PodFailurePolicy: checkpoint does not fit timm/resnet10t"
+    assert cluster.get("Job", NS, "digits-resnet-vs-vit-vit")["spec"]["suspend"] is True
+    assert ("Warning", "Failed", new["reason"]) in memo.events.posted
+
+
+def test_terminal_phases_are_never_rederived(memo, cluster):
+    abtest = apply_abtest(cluster)
+    abtest["status"] = {"phase": "Succeeded", "result": {"winner": "resnet"}}
+    calls = dict(cluster.calls)
+    assert handlers.reconcile(memo, abtest) == abtest["status"]
+    assert dict(cluster.calls) == calls and not cluster.of_kind("Job")  # nothing read, nothing created
+
+
+def test_a_pass_that_lost_the_race_writes_nothing_and_announces_nothing(memo, cluster):
+    abtest = apply_abtest(cluster)
+    stale = copy.deepcopy(abtest)
+    cluster.get("ABTest", NS, abtest["metadata"]["name"])["metadata"]["resourceVersion"] = "newer"
+    assert handlers.reconcile(memo, stale) == {}
+    assert cluster.get("ABTest", NS, abtest["metadata"]["name"]).get("status") is None
+    assert "JobsCreated" not in memo.events.reasons()
+
+
+def test_api_errors_propagate_for_kopf_to_retry_and_are_counted(memo, cluster):
+    abtest = apply_abtest(cluster)
+    cluster.fail_next["list_namespaced_job"] = ApiException(status=503, reason="Service Unavailable")
+    with pytest.raises(ApiException):
+        handlers._guarded(memo, copy.deepcopy(abtest))
+    assert memo.metrics.reconcile_errors.labels(NS)._value.get() == 1
+    handlers._guarded(memo, copy.deepcopy(abtest))  # the retry succeeds
+    assert len(cluster.of_kind("Job")) == 2
+
+
+def test_a_stalled_pod_is_a_condition_and_a_warning_at_once(memo, cluster):
+    abtest = apply_abtest(cluster)
+    reconcile(memo, cluster, abtest)
+    cluster.set_job_status("digits-resnet-vs-vit-vit", NS, {"active": 1})
+    cluster.add(
+        "Pod",
+        {
+            "metadata": {
+                "name": "digits-resnet-vs-vit-vit-x1",
+                "namespace": NS,
+                "labels": {"job-name": "digits-resnet-vs-vit-vit", LABEL_NAME: "digits-resnet-vs-vit"},
+            },
+            "status": {
+                "conditions": [
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.",
+                    }
+                ]
+            },
+        },
+    )
+    new = reconcile(memo, cluster, abtest)
+    stalled = next(c for c in new["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "True" and "model vit: unschedulable: 0/1 nodes" in stalled["message"]
+    assert ("Warning", "Stalled", stalled["message"]) in memo.events.posted and new["phase"] != "Failed"
+
+
+def test_leftover_jobs_of_a_failed_abtest_are_suspended_on_their_events(memo, cluster):
+    abtest = apply_abtest(cluster)
+    reconcile(memo, cluster, abtest)
+    cluster.get("ABTest", NS, abtest["metadata"]["name"])["status"] = {"phase": "Failed", "reason": "model resnet failed"}
+    cluster.set_job_status("digits-resnet-vs-vit-vit", NS, {"active": 1})
+    job = cluster.get("Job", NS, "digits-resnet-vs-vit-vit")
+    handlers.job_changed(body=kopf.Body(copy.deepcopy(job)), namespace=NS, memo=memo)
+    assert cluster.get("Job", NS, "digits-resnet-vs-vit-vit")["spec"]["suspend"] is True
+    assert cluster.calls["create_namespaced_job"] == 2  # nothing re-created

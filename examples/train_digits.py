@@ -27,14 +27,15 @@ def main() -> None:
             target = (manifest.parent / model.checkpoint).resolve()
             if target in done or (target.exists() and not args.force):
                 continue
+            settings = model.settings  # the model's fields of the evaluate contract
             info = train_digits(
                 model.architecture,
                 target,
-                in_chans=model.in_chans or 3,
-                input_size=model.input_size or 32,
-                crop_pct=model.crop_pct or 1.0,
-                mean=model.mean,
-                std=model.std,
+                in_chans=settings.get("in_chans", 3),
+                input_size=settings.get("input_size", 32),
+                crop_pct=settings.get("crop_pct", 1.0),
+                mean=settings.get("mean"),
+                std=settings.get("std"),
                 epochs=EPOCHS.get(model.architecture, 4),
             )
             done.add(target)

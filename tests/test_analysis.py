@@ -341,3 +341,27 @@ def test_examples_validate():
     two = parse_abtest(load_manifest(ROOT / "examples" / "abtest-digits.yaml"))
     three = parse_abtest(load_manifest(ROOT / "examples" / "abtest-digits-3way.yaml"))
     assert len(two.models) == 2 and len(three.models) == 3 and two.alpha == 0.05
+
+
+def test_readme_quickstart_output_is_what_a_fresh_run_prints(tmp_path):
+    """hack/quickstart.sh's two steps in a fresh folder: train the example checkpoints, run the example. The README's
+    sample must match in everything deterministic (accuracies, counts, interval, p-value, verdict); speed varies."""
+    manifest = tmp_path / "abtest-digits.yaml"
+    shutil.copy(ROOT / "examples" / "abtest-digits.yaml", manifest)
+    trained = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "train_digits.py"), str(manifest)], capture_output=True, text=True, timeout=600
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert trained.stdout.count("trained ") == 2 and (tmp_path / "checkpoints" / "resnet10t-digits.pth").is_file()
+    run = abtest_cli("run", manifest, "--out", tmp_path / "out", timeout=600)
+    assert run.returncode == 0, run.stderr
+    readme = (ROOT / "README.md").read_text()
+    sample = readme.split("It prints:\n\n```\n", 1)[1].split("```", 1)[0].splitlines()
+    printed = run.stdout.splitlines()
+
+    def deterministic(lines):
+        table = [line.split()[:2] for line in lines if line.split()[:1] in (["resnet"], ["vit"]) and "%" in line]
+        rest = [line.split(" but ")[0] for line in lines if " vs " in line or "better" in line or line.startswith("note:")]
+        return table, rest
+
+    assert deterministic(printed) == deterministic(sample), f"README sample differs from a fresh run:\n{run.stdout}"

@@ -33,6 +33,16 @@ def collect_warnings(models: list[ModelData]) -> list[str]:
             + ", ".join(f"{n}: {d.get('name')}" for n, d in devices.items())
             + "); efficiency figures are not comparable"
         )
+    images = {m.name: m.metrics.get("image") for m in models}
+    if len(set(images.values())) > 1:
+        warnings.append(
+            "models ran different evaluator images ("
+            + ", ".join(f"{n}: {i}" for n, i in images.items())
+            + "); the comparison is not controlled"
+        )
+    versions = {m.name: m.metrics.get("versions") for m in models}
+    if len({str(sorted((v or {}).items())) for v in versions.values()}) > 1:
+        warnings.append("models ran with different library versions (see each metrics.json's versions); figures may not be comparable")
     for m in models:
         if m.metrics.get("weights") == "random":
             warnings.append(

@@ -31,12 +31,16 @@ def parse_reference(ref: str) -> tuple[str, str]:
     return namespace, name
 
 
-def publish_result(ref: str, summary: dict, api=None, attempts: int = 5, sleep=time.sleep) -> None:
-    """Merge-patch status.result; retries conflicts and transient errors, explains missing permissions."""
+def publish_result(ref: str, summary: dict, api=None, attempts: int = 5, sleep=time.sleep, uid: str | None = None) -> None:
+    """Merge-patch status.result; retries conflicts and transient errors, explains missing permissions.
+    With ``uid`` the patch carries it as a precondition: the API server refuses it (409) when the ABTest of that name
+    is another object than the one analysed (deleted and re-created meanwhile)."""
     from kubernetes.client.exceptions import ApiException
 
     namespace, name = parse_reference(ref)
     body = {"status": {"result": check_status_result(summary)}}
+    if uid:
+        body["metadata"] = {"uid": uid}
     api = api or custom_objects_api()
     for attempt in range(attempts):
         try:
@@ -49,6 +53,10 @@ def publish_result(ref: str, summary: dict, api=None, attempts: int = 5, sleep=t
                 ) from None
             if err.status == 404:
                 raise UserError(f"ABTest {ref} does not exist (deleted while the analysis ran?)") from None
+            if uid and err.status in (409, 422) and "uid" in str(err.body).lower():  # the precondition, or an immutable uid
+                raise UserError(
+                    f"ABTest {ref} is no longer the one analysed (UID {uid}): it was deleted and re-created; its verdict is not written"
+                ) from None
             if err.status not in RETRYABLE or attempt == attempts - 1:
                 raise UserError(f"patching the status of ABTest {ref} failed: HTTP {err.status} {err.reason}") from None
             log.warning("status patch of %s got HTTP %s, retrying", ref, err.status)

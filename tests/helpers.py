@@ -67,3 +67,33 @@ INVALID_SPECS = {
     "mean/std": lambda s: s["models"][0].update(mean=[0.5], std=[0.5, 0.5]),
     "reserved model name": lambda s: s["models"][1].update(name="analysis"),
 }
+
+
+def result_json(winner="a", name_b="b", p=0.01) -> dict:
+    """A minimal result.json of two models a and b, as the analysis writes it."""
+    model = {"accuracy": 0.9, "throughput": 100.0, "latency_ms_p50": 1.0}
+    return {
+        "winner": winner,
+        "verdict": "a is better than b",
+        "alpha": 0.05,
+        "method": "McNemar (exact binomial)",
+        "n": 100,
+        "models": {"a": model, name_b: model},
+        "omnibus": None,
+        "warnings": [],
+        "comparisons": [
+            {
+                "a": "a",
+                "b": name_b,
+                "n01": 1,
+                "n10": 9,
+                "p_value": p,
+                "p_value_text": f"{p:.3g}",
+                "p_value_adjusted": p,
+                "significant": True,
+                "accuracy_diff": 0.08,
+                "ci95": [0.02, 0.14],
+                "method": "exact",
+            }
+        ],
+    }

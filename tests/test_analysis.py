@@ -19,7 +19,7 @@ from statsmodels.stats.multitest import multipletests
 from abtest_api.errors import UserError
 from abtest_evaluator import results
 from abtest_evaluator.analysis import analyze, run_analysis
-from helpers import ROOT, abtest_cli, read_json
+from helpers import ROOT, abtest_cli, read_json, result_json
 
 
 def independent(root: Path, names: list[str], alpha=0.05):
@@ -365,3 +365,40 @@ def test_readme_quickstart_output_is_what_a_fresh_run_prints(tmp_path):
         return table, rest
 
     assert deterministic(printed) == deterministic(sample), f"README sample differs from a fresh run:\n{run.stdout}"
+
+
+def test_publish_carries_the_uid_precondition_and_explains_a_recreated_abtest():
+    from kubernetes.client.exceptions import ApiException
+
+    from abtest_api.result import status_result
+    from abtest_evaluator.publish import publish_result
+
+    sent = []
+
+    class Api:
+        def patch_namespaced_custom_object_status(self, group, version, namespace, plural, name, body):
+            sent.append(body)
+            err = ApiException(status=409, reason="Conflict")
+            err.body = (
+                '{"message": "Operation cannot be fulfilled: precondition failed: UID in precondition: old, UID in object meta: new"}'
+            )
+            raise err
+
+    result = result_json()
+    with pytest.raises(UserError, match="no longer the one analysed .*deleted and re-created"):
+        publish_result("ns/t", status_result(result), api=Api(), uid="old", sleep=lambda s: None)
+    assert len(sent) == 1 and sent[0]["metadata"] == {"uid": "old"}  # not retried: a conflict on the UID is final
+
+
+def test_different_images_or_versions_are_warned_about():
+    from abtest_evaluator.analysis import collect_warnings
+    from abtest_evaluator.results import ModelData
+
+    def model(name, image, torch):
+        return ModelData(name, {"image": image, "versions": {"torch": torch}, "device": {"type": "cpu", "name": "x"}}, None, None, None)
+
+    same = collect_warnings([model("a", "e:1", "2.9"), model("b", "e:1", "2.9")])
+    assert not same
+    warned = collect_warnings([model("a", "e:1", "2.9"), model("b", "e:2", "2.10")])
+    assert any("different evaluator images (a: e:1, b: e:2)" in w for w in warned)
+    assert any("different library versions" in w for w in warned)

@@ -18,7 +18,7 @@ from abtest_operator import manifests, plan
 from abtest_operator.metrics import OperatorMetrics
 from abtest_operator.settings import OperatorConfig
 from abtest_operator.spec import load_manifest, parse_abtest
-from helpers import ROOT, abtest_cli
+from helpers import ROOT, abtest_cli, result_json
 
 PACKAGES = {"abtest_api": ROOT / "crds", "abtest_operator": ROOT / "operator" / "abtest_operator", "abtest_evaluator": ROOT / "evaluator"}
 
@@ -121,35 +121,6 @@ def test_planned_argv_parses_back_to_the_planned_config(name):
         assert run.argv[0] == "evaluate" and evaluate.parse_argv(list(run.argv[1:])) == run.config
     runs = plan.plan_models(spec, "/r", device="cpu", threads=1)
     assert all(r.config.device == "cpu" and r.config.threads == 1 and r.config.seed == 42 for r in runs)
-
-
-def result_json(winner="a", name_b="b", p=0.01) -> dict:
-    model = {"accuracy": 0.9, "throughput": 100.0, "latency_ms_p50": 1.0}
-    return {
-        "winner": winner,
-        "verdict": "a is better than b",
-        "alpha": 0.05,
-        "method": "McNemar (exact binomial)",
-        "n": 100,
-        "models": {"a": model, name_b: model},
-        "omnibus": None,
-        "warnings": [],
-        "comparisons": [
-            {
-                "a": "a",
-                "b": name_b,
-                "n01": 1,
-                "n10": 9,
-                "p_value": p,
-                "p_value_text": f"{p:.3g}",
-                "p_value_adjusted": p,
-                "significant": True,
-                "accuracy_diff": 0.08,
-                "ci95": [0.02, 0.14],
-                "method": "exact",
-            }
-        ],
-    }
 
 
 def test_status_result_fits_the_crd_schema():

@@ -1,5 +1,6 @@
 """The Helm chart: lints, renders, carries an identical copy of the CRD, and is secure by default."""
 
+import json
 import subprocess
 
 import pytest
@@ -123,3 +124,40 @@ def test_values_are_documented():
         )
         if stripped.endswith(":"):
             exempt_below = indent
+
+
+def test_watched_namespaces_get_roles_and_no_cluster_wide_rights(helm):
+    docs = render(helm, "operator.watchNamespaces={team-a,team-b}", "peering.enabled=true")
+    cluster_role = next(d for d in docs if d["kind"] == "ClusterRole")
+    assert [r["resources"] for r in cluster_role["rules"]] == [["customresourcedefinitions"]]  # discovery only
+    roles = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "Role"}
+    bindings = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "RoleBinding"}
+    assert set(roles) == set(bindings) == {"team-a", "team-b"}
+    resources = {res for r in roles["team-a"]["rules"] for res in r["resources"]}
+    assert {"abtests", "abtests/status", "jobs", "pods", "events", "kopfpeerings"} <= resources and "clusterkopfpeerings" not in resources
+    assert bindings["team-b"]["subjects"][0]["namespace"] == "abtest-system"
+    everywhere = next(d for d in render(helm) if d["kind"] == "ClusterRole")
+    assert {"jobs", "abtests", "namespaces"} <= {res for r in everywhere["rules"] for res in r["resources"]}
+
+
+def test_policy_values_reach_the_operator(helm):
+    docs = render(helm, "evaluator.allowedImages={r.example/ml/}", "analysis.resources.limits.memory=8Gi")
+    env = {
+        e["name"]: e.get("value")
+        for e in next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["ABTEST_ALLOWED_IMAGES"] == "r.example/ml/"
+    assert env["ABTEST_ALLOWED_VOLUME_SOURCES"] == "persistentVolumeClaim,configMap,emptyDir"
+    assert json.loads(env["ABTEST_ANALYSIS_RESOURCES"])["limits"]["memory"] == "8Gi"
+    assert json.loads(env["ABTEST_MODEL_DEFAULT_RESOURCES"]) == {"requests": {"cpu": "1", "memory": "2Gi"}}
+    default_env = {
+        e["name"]: e.get("value")
+        for e in next(d for d in render(helm) if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert default_env["ABTEST_ALLOWED_IMAGES"] == "ghcr.io/abtest/evaluator" and default_env["ABTEST_PEERING_LIFETIME"] == "60"
+    pod_id = next(
+        e
+        for e in next(d for d in render(helm) if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+        if e["name"] == "POD_ID"
+    )
+    assert pod_id["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"  # kopf's peering identity

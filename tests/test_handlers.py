@@ -8,6 +8,7 @@ creates, what status it writes, which Events it posts, how it fails.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import kopf
 import pytest
@@ -273,3 +274,24 @@ def test_leftover_jobs_of_a_failed_abtest_are_suspended_on_their_events(memo, cl
     handlers.job_changed(body=kopf.Body(copy.deepcopy(job)), namespace=NS, memo=memo)
     assert cluster.get("Job", NS, "digits-resnet-vs-vit-vit")["spec"]["suspend"] is True
     assert cluster.calls["create_namespaced_job"] == 2  # nothing re-created
+
+
+def test_an_operator_upgraded_mid_test_keeps_the_image_the_first_jobs_run(memo, cluster):
+    abtest = apply_abtest(cluster)
+    reconcile(memo, cluster, abtest)
+    first_image = cluster.get("Job", NS, "digits-resnet-vs-vit-resnet")["spec"]["template"]["spec"]["containers"][0]["image"]
+    del cluster.objects[("Job", NS, "digits-resnet-vs-vit-vit")]  # deleted by hand, say
+    memo.config = dataclasses.replace(memo.config, image="registry.example/evaluator:upgraded")
+    new = reconcile(memo, cluster, abtest)
+    recreated = cluster.get("Job", NS, "digits-resnet-vs-vit-vit")["spec"]["template"]["spec"]["containers"][0]
+    assert new["image"] == first_image == recreated["image"] == "registry.example/evaluator:test"
+    assert {"name": "ABTEST_IMAGE", "value": first_image} in recreated["env"]
+
+
+def test_a_refused_image_fails_before_anything_is_created(memo, cluster):
+    abtest = apply_abtest(cluster, lambda m: m["spec"].update(image="docker.io/someone/else:latest"))
+    with pytest.raises(kopf.PermanentError):
+        reconcile(memo, cluster, abtest)
+    status = cluster.get("ABTest", NS, abtest["metadata"]["name"])["status"]
+    assert status["phase"] == "Failed" and "spec.image 'docker.io/someone/else:latest' is not allowed" in status["reason"]
+    assert not cluster.of_kind("Job") and memo.events.reasons() == ["InvalidSpec"]

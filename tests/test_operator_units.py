@@ -1,6 +1,7 @@
 """Control-plane units without a cluster: manifests (golden), typed models, security, status derivation, schema."""
 
 import copy
+import dataclasses
 import os
 import subprocess
 import sys
@@ -12,8 +13,8 @@ from kubernetes import client
 
 from abtest_api.crd import load_crd
 from abtest_api.errors import UserError
-from abtest_operator import manifests, status
-from abtest_operator.settings import OperatorConfig
+from abtest_operator import manifests, policy, status
+from abtest_operator.settings import OperatorConfig, config_from_env
 from abtest_operator.spec import load_manifest, parse_abtest, validate_manifest
 from helpers import INVALID_SPECS, ROOT
 
@@ -24,13 +25,13 @@ UID = "11111111-2222-3333-4444-555555555555"
 
 def example(name="abtest-digits.yaml", namespace="team-a") -> dict:
     manifest = load_manifest(ROOT / "examples" / name)
-    manifest["metadata"]["namespace"] = namespace
+    manifest["metadata"].update(namespace=namespace, uid=UID)
     return manifest
 
 
 @pytest.mark.parametrize("name", ["abtest-digits.yaml", "abtest-digits-3way.yaml"])
 def test_rendered_objects_match_golden_yaml(name):
-    rendered = yaml.safe_dump_all(manifests.render_all(parse_abtest(example(name)), CFG, UID), sort_keys=False)
+    rendered = yaml.safe_dump_all(manifests.render_all(parse_abtest(example(name)), CFG), sort_keys=False)
     golden = GOLDEN / name.replace(".yaml", ".rendered.yaml")
     if os.environ.get("UPDATE_GOLDEN"):
         golden.write_text(rendered)
@@ -39,7 +40,7 @@ def test_rendered_objects_match_golden_yaml(name):
 
 def test_rendered_objects_parse_as_kubernetes_models_without_loss():
     api = client.ApiClient()
-    for obj in manifests.render_all(parse_abtest(example()), CFG, UID):
+    for obj in manifests.render_all(parse_abtest(example()), CFG):
         model = getattr(client, "V1" + obj["kind"]).from_dict(obj)
         assert api.sanitize_for_serialization(model) == obj, f"{obj['kind']} has fields the API does not know"
 
@@ -49,7 +50,7 @@ def _pod_specs(objs):
 
 
 def test_every_pod_is_restricted():
-    objs = manifests.render_all(parse_abtest(example()), CFG, UID)
+    objs = manifests.render_all(parse_abtest(example()), CFG)
     for pod in _pod_specs(objs):
         assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
         for c in pod["containers"]:
@@ -62,7 +63,7 @@ def test_every_pod_is_restricted():
 
 def test_model_jobs_share_everything_but_the_model():
     spec = parse_abtest(example("abtest-digits-3way.yaml"))
-    jobs = manifests.model_jobs(spec, CFG, UID)
+    jobs = manifests.model_jobs(spec, CFG)
     assert [j["metadata"]["name"] for j in jobs] == ["digits-3way-resnet", "digits-3way-vit", "digits-3way-shufflenet"]
 
     def shared(job):
@@ -91,7 +92,7 @@ def test_cpu_device_requests_no_gpu_and_parity_fields_apply_to_all():
         activeDeadlineSeconds=600,
         resources={"limits": {"cpu": 2, "memory": "4Gi"}},
     )
-    jobs = manifests.model_jobs(parse_abtest(manifest), CFG, UID)
+    jobs = manifests.model_jobs(parse_abtest(manifest), CFG)
     for job in jobs:
         pod = job["spec"]["template"]["spec"]
         assert "nvidia.com/gpu" not in pod["containers"][0]["resources"].get("limits", {})
@@ -109,13 +110,13 @@ def test_long_names_stay_valid_and_deterministic():
 
 def test_analysis_rbac_is_scoped_to_one_abtest_status():
     spec = parse_abtest(example())
-    sa, role, binding = manifests.build_analysis_rbac(spec, UID)
+    sa, role, binding = manifests.build_analysis_rbac(spec)
     assert role["rules"] == [
         {"apiGroups": ["abtest.dev"], "resources": ["abtests/status"], "resourceNames": [spec.name], "verbs": ["get", "patch"]}
     ]
-    job = manifests.build_analysis_job(spec, CFG, UID)
+    job = manifests.build_analysis_job(spec, CFG)
     assert job["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"] == binding["subjects"][0]["name"]
-    assert job["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["analyze", "/results/team-a/digits-resnet-vs-vit"]
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["analyze", f"/results/team-a/digits-resnet-vs-vit/{UID}"]
     assert "--abtest" in job["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
@@ -418,3 +419,99 @@ def test_status_patches_are_conditional_on_the_version_the_pass_read():
     assert patch_status(clients, meta, {"phase": "Failed"}) is True
     assert patch_status(clients, dict(meta, resourceVersion="6"), {"phase": "Pending"}) is False
     assert [b["status"]["phase"] for b in sent] == ["Failed", "Pending"]
+
+
+@pytest.mark.parametrize(
+    "image, allowed, ok",
+    [
+        ("registry.example/abtest/evaluator:v2", ("registry.example/abtest/evaluator",), True),
+        ("registry.example/abtest/evaluator@sha256:" + "a" * 64, ("registry.example/abtest/evaluator",), True),
+        ("registry.example/abtest/evaluator-evil:v1", ("registry.example/abtest/evaluator",), False),
+        ("registry.example/ml/any:1", ("registry.example/ml/",), True),
+        ("docker.io/attacker/miner:latest", ("registry.example/ml/",), False),
+        ("localhost:5000/abtest/evaluator:1", ("localhost:5000/abtest/evaluator",), True),
+    ],
+)
+def test_image_allowlist_matches_repositories_and_prefixes(image, allowed, ok):
+    assert policy.image_allowed(image, allowed) is ok
+
+
+def test_policy_refuses_unlisted_images_and_volume_sources_naming_the_field():
+    manifest = example()
+    manifest["spec"]["image"] = "docker.io/attacker/miner:latest"
+    with pytest.raises(
+        UserError, match=r"spec.image 'docker.io/attacker/miner:latest' is not allowed .*allowed: registry.example/abtest/evaluator\)"
+    ):
+        policy.check(parse_abtest(manifest), CFG)
+    manifest = example()
+    manifest["spec"]["dataset"]["volume"] = {"hostPath": {"path": "/etc"}}
+    with pytest.raises(UserError, match="spec.dataset.volume uses hostPath, which this operator does not allow"):
+        policy.check(parse_abtest(manifest), CFG)
+    policy.check(parse_abtest(example()), CFG)  # the example passes
+    nfs = example()
+    nfs["spec"]["modelsVolume"] = {"nfs": {"server": "nas", "path": "/models"}}
+    policy.check(parse_abtest(nfs), dataclasses.replace(CFG, allowed_volume_sources=("nfs", "persistentVolumeClaim")))
+
+
+def test_render_refuses_what_the_operator_would_refuse(tmp_path):
+    manifest = example()
+    manifest["spec"]["dataset"]["volume"] = {"hostPath": {"path": "/etc"}}
+    path = tmp_path / "abtest.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    out = subprocess.run([sys.executable, "-m", "abtest_operator.cli", "render", str(path)], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.startswith("error: spec.dataset.volume uses hostPath")
+
+
+def test_default_requests_fill_in_but_never_exceed_a_user_limit():
+    manifest = example()
+    manifest["spec"]["resources"] = {"limits": {"memory": "1Gi"}, "requests": {"cpu": "3"}}
+    resources = manifests.model_resources(parse_abtest(manifest), CFG)
+    assert resources["requests"] == {"cpu": "3"}  # the user's cpu; no default memory request above the 1Gi limit
+    assert resources["limits"] == {"memory": "1Gi", "nvidia.com/gpu": "1"}
+    plain = manifests.model_resources(parse_abtest(example()), CFG)
+    assert plain["requests"] == {"cpu": "1", "memory": "2Gi"}
+
+
+def test_gpu_pods_tolerate_the_gpu_taint_and_cpu_pods_do_not_ask():
+    job = manifests.model_jobs(parse_abtest(example()), CFG)[0]
+    assert job["spec"]["template"]["spec"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    cpu = example()
+    cpu["spec"]["device"] = "cpu"
+    assert "tolerations" not in manifests.model_jobs(parse_abtest(cpu), CFG)[0]["spec"]["template"]["spec"]
+    own = example()
+    own["spec"]["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "a100", "effect": "NoSchedule"}]
+    assert manifests.model_jobs(parse_abtest(own), CFG)[0]["spec"]["template"]["spec"]["tolerations"] == own["spec"]["tolerations"]
+
+
+def test_settings_come_from_the_charts_environment():
+    env = {
+        "ABTEST_EVALUATOR_IMAGE": "r/e:1",
+        "ABTEST_ALLOWED_IMAGES": "r/e, r/ml/",
+        "ABTEST_ALLOWED_VOLUME_SOURCES": "persistentVolumeClaim,nfs",
+        "ABTEST_MODEL_DEFAULT_RESOURCES": '{"requests": {"cpu": "2"}}',
+        "ABTEST_ANALYSIS_RESOURCES": '{"limits": {"memory": "8Gi"}}',
+        "ABTEST_MAX_WORKERS": "3",
+    }
+    cfg = config_from_env(env)
+    assert cfg.allowed_images == ("r/e", "r/ml/") and cfg.allowed_volume_sources == ("persistentVolumeClaim", "nfs")
+    assert cfg.model_default_resources == {"requests": {"cpu": "2"}} and cfg.analysis_resources == {"limits": {"memory": "8Gi"}}
+    assert cfg.max_workers == 3 and config_from_env({}) == OperatorConfig()
+    job = manifests.build_analysis_job(parse_abtest(example()), cfg)
+    assert job["spec"]["template"]["spec"]["containers"][0]["resources"] == {"limits": {"memory": "8Gi"}}
+
+
+def test_the_image_is_frozen_by_the_first_job():
+    spec = parse_abtest(example())
+    running = status.JobState("Running", image="registry.example/abtest/evaluator:v1")
+    derived = status.derive_status(
+        spec, 1, {"resnet": running, "vit": status.JobState("Missing")}, status.JobState("Missing"), default_image="new:v2"
+    )
+    assert derived["image"] == "registry.example/abtest/evaluator:v1"
+    fresh = status.derive_status(
+        spec,
+        1,
+        {"resnet": status.JobState("Missing"), "vit": status.JobState("Missing")},
+        status.JobState("Missing"),
+        default_image="new:v2",
+    )
+    assert fresh["image"] == "new:v2"

@@ -51,6 +51,7 @@ def add_analyze(sub) -> None:
     p.add_argument("--test", default="auto", choices=["auto", "exact", "chi2"], help="McNemar variant (default auto)")
     p.add_argument("--models", help="comma-separated model folders in A, B, … order (default: every folder, by name)")
     p.add_argument("--abtest", help="NAMESPACE/NAME: also write the verdict into that ABTest's status")
+    p.add_argument("--abtest-uid", help="with --abtest: write only if the ABTest still has this UID (not a re-created namesake)")
     p.set_defaults(func=cmd_analyze)
 
 
@@ -66,7 +67,7 @@ def cmd_analyze(args) -> int:
     if args.abtest:
         from abtest_evaluator.publish import publish_result
 
-        publish_result(args.abtest, status_result(result))
+        publish_result(args.abtest, status_result(result), uid=args.abtest_uid)
         print(f"status of ABTest {args.abtest} updated")
     return 0
 
@@ -102,6 +103,7 @@ def cmd_render(args) -> int:
 
     import yaml
 
+    from abtest_operator import policy
     from abtest_operator.manifests import render_all
     from abtest_operator.settings import config_from_env
     from abtest_operator.spec import load_manifest, parse_abtest
@@ -112,7 +114,9 @@ def cmd_render(args) -> int:
     cfg = config_from_env()
     if args.image:
         cfg = dataclasses.replace(cfg, image=args.image)
-    print(yaml.safe_dump_all(render_all(parse_abtest(manifest), cfg), sort_keys=False), end="")
+    spec = parse_abtest(manifest)
+    policy.check(spec, cfg)
+    print(yaml.safe_dump_all(render_all(spec, cfg), sort_keys=False), end="")
     return 0
 
 
@@ -124,10 +128,18 @@ def add_operator(sub) -> None:
     p.add_argument("--metrics-port", type=int, default=8080, help="operator /metrics port (default 8080)")
     p.add_argument("--health-port", type=int, default=8081, help="liveness endpoint /healthz port (default 8081)")
     p.add_argument("--peering", help="kopf peering name for several replicas (default: standalone)")
+    p.add_argument(
+        "--priority",
+        type=int,
+        default=None,
+        help="peering priority: the highest live one is active (default: random, so two replicas never tie and pause each other)",
+    )
     p.set_defaults(func=cmd_operator)
 
 
 def cmd_operator(args) -> int:
+    import secrets
+
     import kopf
 
     from abtest_operator import handlers  # registers the handlers
@@ -137,11 +149,13 @@ def cmd_operator(args) -> int:
     metrics = OperatorMetrics()
     metrics.serve(args.metrics_port)
     memo = kopf.Memo(clients=handlers.Clients.connect(), config=config_from_env(), metrics=metrics, events=handlers.KopfEvents())
+    priority = args.priority if args.priority is not None else secrets.randbelow(2**31 - 1) + 1
     kopf.run(
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         standalone=not args.peering,
         peering_name=args.peering,
+        priority=priority,
         liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz",
         memo=memo,
     )

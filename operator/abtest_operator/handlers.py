@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from abtest_api.constants import GROUP, KIND, LABEL_MODEL, LABEL_NAME, LABEL_ROLE, PLURAL, VERSION
 from abtest_api.errors import NameConflict, UserError
-from abtest_operator import manifests, status
+from abtest_operator import manifests, policy, status
 from abtest_operator.metrics import OperatorMetrics
 from abtest_operator.settings import OperatorConfig, config_from_env
 from abtest_operator.spec import ABTestSpec, parse_abtest
@@ -66,6 +66,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     if "events" not in memo:
         memo.events = KopfEvents()
     settings.execution.max_workers = memo.config.max_workers
+    settings.peering.lifetime = memo.config.peering_lifetime
 
 
 def create_if_missing(create, namespace: str, body: dict, read=None) -> bool:
@@ -89,12 +90,12 @@ def create_if_missing(create, namespace: str, body: dict, read=None) -> bool:
     return False
 
 
-def observe(clients: Clients, spec: ABTestSpec, uid: str) -> tuple[dict[str, status.JobState], status.JobState]:
+def observe(clients: Clients, spec: ABTestSpec) -> tuple[dict[str, status.JobState], status.JobState]:
     jobs = clients.batch.list_namespaced_job(spec.namespace, label_selector=f"{LABEL_NAME}={spec.name}").items
     mine = {
         j.metadata.name: clients.batch.api_client.sanitize_for_serialization(j)
         for j in jobs
-        if any(ref.uid == uid for ref in j.metadata.owner_references or [])
+        if any(ref.uid == spec.uid for ref in j.metadata.owner_references or [])
     }
     pods: list[dict] | None = None  # listed at most once per pass, and only when a Job has pods that are not ready
 
@@ -146,20 +147,10 @@ def failure_message(clients: Clients, namespace: str, job: str) -> str:
     return ""
 
 
-def operator_checks(spec: ABTestSpec) -> None:
-    """What the schema cannot know: where files live inside the pods."""
-    for i, m in enumerate(spec.models):
-        if m.checkpoint and not m.checkpoint.startswith("/") and not spec.models_volume:
-            raise UserError(
-                f"spec.models[{i}].checkpoint {m.checkpoint!r} is relative but spec.modelsVolume is not set; mount a volume with the checkpoints or use an absolute path"
-            )
-
-
 def apply_wanted(
     clients: Clients,
     cfg: OperatorConfig,
     spec: ABTestSpec,
-    uid: str,
     phase: str,
     models: dict[str, status.JobState],
     analysis: status.JobState,
@@ -172,17 +163,17 @@ def apply_wanted(
         claim = manifests.build_results_claim(spec, cfg)
         if claim:
             create_if_missing(clients.core.create_namespaced_persistent_volume_claim, spec.namespace, claim)
-        for job in manifests.model_jobs(spec, cfg, uid):
+        for job in manifests.model_jobs(spec, cfg):
             if job["metadata"]["labels"][LABEL_MODEL] in missing and create_if_missing(
                 clients.batch.create_namespaced_job, spec.namespace, job, clients.batch.read_namespaced_job
             ):
                 created.append(job["metadata"]["name"])
     if make_analysis and analysis.phase == "Missing":
-        sa, role, binding = manifests.build_analysis_rbac(spec, uid)
+        sa, role, binding = manifests.build_analysis_rbac(spec)
         create_if_missing(clients.core.create_namespaced_service_account, spec.namespace, sa)
         create_if_missing(clients.rbac.create_namespaced_role, spec.namespace, role)
         create_if_missing(clients.rbac.create_namespaced_role_binding, spec.namespace, binding)
-        job = manifests.build_analysis_job(spec, cfg, uid)
+        job = manifests.build_analysis_job(spec, cfg)
         if create_if_missing(clients.batch.create_namespaced_job, spec.namespace, job, clients.batch.read_namespaced_job):
             created.append(job["metadata"]["name"])
     return created
@@ -239,10 +230,10 @@ def reconcile(memo: kopf.Memo, abtest: dict) -> dict:
         return old
     try:
         spec = parse_abtest(abtest)
-        operator_checks(spec)
-        models, analysis = observe(clients, spec, meta["uid"])
-        new = status.derive_status(spec, meta.get("generation", 1), models, analysis, previous=old)
-        created = apply_wanted(clients, cfg, spec, meta["uid"], new["phase"], models, analysis)
+        policy.check(spec, cfg)
+        models, analysis = observe(clients, spec)
+        new = status.derive_status(spec, meta.get("generation", 1), models, analysis, previous=old, default_image=cfg.image)
+        created = apply_wanted(clients, replace(cfg, image=new["image"]), spec, new["phase"], models, analysis)
     except UserError as err:
         failed = {"phase": status.FAILED, "reason": str(err), "observedGeneration": meta.get("generation", 1)}
         if old.get("reason") != failed["reason"] and patch_status(clients, meta, failed):

@@ -5,6 +5,7 @@ Nothing here talks to a cluster; the operator applies these dicts and `abtest re
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import PurePosixPath
 
@@ -36,11 +37,12 @@ def analysis_job_name(spec: ABTestSpec) -> str:
 
 
 def results_dir(spec: ABTestSpec) -> str:
-    return str(PurePosixPath(RESULTS_MOUNT) / spec.namespace / spec.name)
+    """RESULTS/<namespace>/<name>/<uid>: an ABTest re-created under the same name never meets the old one's files."""
+    return str(PurePosixPath(RESULTS_MOUNT) / spec.namespace / spec.name / spec.uid)
 
 
-def owner_reference(spec: ABTestSpec, uid: str) -> dict:
-    return {"apiVersion": API_VERSION, "kind": KIND, "name": spec.name, "uid": uid, "controller": True, "blockOwnerDeletion": True}
+def owner_reference(spec: ABTestSpec) -> dict:
+    return {"apiVersion": API_VERSION, "kind": KIND, "name": spec.name, "uid": spec.uid, "controller": True, "blockOwnerDeletion": True}
 
 
 def labels(spec: ABTestSpec, role: str, model: str | None = None) -> dict:
@@ -92,10 +94,14 @@ def _volumes(spec: ABTestSpec, cfg: OperatorConfig, model_volumes: bool) -> tupl
     return volumes, mounts
 
 
-def _env(cfg: OperatorConfig) -> list[dict]:
+def evaluator_image(spec: ABTestSpec, cfg: OperatorConfig) -> str:
+    return spec.image or cfg.image
+
+
+def _env(spec: ABTestSpec, cfg: OperatorConfig) -> list[dict]:
     # Writable caches live on the scratch volume: the root filesystem is read-only.
     return [
-        {"name": "ABTEST_IMAGE", "value": cfg.image},
+        {"name": "ABTEST_IMAGE", "value": evaluator_image(spec, cfg)},
         {"name": "HOME", "value": "/tmp"},
         {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
         {"name": "MPLCONFIGDIR", "value": "/tmp/.matplotlib"},
@@ -103,9 +109,7 @@ def _env(cfg: OperatorConfig) -> list[dict]:
     ]
 
 
-def _job(
-    spec: ABTestSpec, uid: str, name: str, role: str, pod_spec: dict, model: str | None = None, pod_annotations: dict | None = None
-) -> dict:
+def _job(spec: ABTestSpec, name: str, role: str, pod_spec: dict, model: str | None = None, pod_annotations: dict | None = None) -> dict:
     job_labels = labels(spec, role, model)
     if spec.queue_name:
         job_labels["kueue.x-k8s.io/queue-name"] = spec.queue_name
@@ -130,18 +134,40 @@ def _job(
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": name, "namespace": spec.namespace, "labels": job_labels, "ownerReferences": [owner_reference(spec, uid)]},
+        "metadata": {"name": name, "namespace": spec.namespace, "labels": job_labels, "ownerReferences": [owner_reference(spec)]},
         "spec": job_spec,
     }
 
 
-def model_resources(spec: ABTestSpec) -> dict:
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}  # GPU nodes' usual taint
+
+
+def gpus(spec: ABTestSpec) -> int:
+    return spec.gpus_per_model if spec.device != "cpu" else 0
+
+
+def model_resources(spec: ABTestSpec, cfg: OperatorConfig) -> dict:
+    """spec.resources over the operator's defaults, per resource: a default request is left out where the spec sets
+    only a limit (Kubernetes then requests the limit), so a default can never exceed what the user capped."""
     # Quantities as strings, the form the API returns them in (the CRD accepts int or string).
     resources = {k: {name: str(q) for name, q in v.items()} for k, v in spec.resources.items()}
-    gpus = spec.gpus_per_model if spec.device != "cpu" else 0
-    if gpus:
-        resources.setdefault("limits", {})["nvidia.com/gpu"] = str(gpus)
+    for kind, defaults in cfg.model_default_resources.items():
+        for name, quantity in defaults.items():
+            if name not in resources.get(kind, {}) and not (kind == "requests" and name in resources.get("limits", {})):
+                resources.setdefault(kind, {})[name] = str(quantity)
+    if gpus(spec):
+        resources.setdefault("limits", {})["nvidia.com/gpu"] = str(gpus(spec))
     return resources
+
+
+def model_tolerations(spec: ABTestSpec) -> list[dict]:
+    """spec.tolerations, plus the GPU taint's toleration when the pods request GPUs and the spec has none for it."""
+    tolerations = list(spec.tolerations)
+    if gpus(spec) and not any(
+        t.get("key") == GPU_TOLERATION["key"] or (t.get("operator") == "Exists" and not t.get("key")) for t in tolerations
+    ):
+        tolerations.append(dict(GPU_TOLERATION))
+    return tolerations
 
 
 def _pod_spec(
@@ -151,7 +177,7 @@ def _pod_spec(
     volumes, mounts = _volumes(spec, cfg, model_volumes)
     container = {
         "name": CONTAINER,
-        "image": spec.image or cfg.image,
+        "image": evaluator_image(spec, cfg),
         "imagePullPolicy": cfg.image_pull_policy,
         "command": ["abtest"],
         "args": args,
@@ -170,41 +196,41 @@ def _pod_spec(
     }
 
 
-def build_model_job(spec: ABTestSpec, run: plan.ModelRun, cfg: OperatorConfig, uid: str) -> dict:
+def build_model_job(spec: ABTestSpec, run: plan.ModelRun, cfg: OperatorConfig) -> dict:
     """One model's Job: same image, seed and data flags as every other model; only the model differs."""
-    env = [*_env(cfg), {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
-    pod_spec = _pod_spec(spec, cfg, list(run.argv), env, model_resources(spec), True, automountServiceAccountToken=False)
+    env = [*_env(spec, cfg), {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+    pod_spec = _pod_spec(spec, cfg, list(run.argv), env, model_resources(spec, cfg), True, automountServiceAccountToken=False)
     pod_spec["containers"][0]["ports"] = [{"name": "metrics", "containerPort": cfg.metrics_port}]
-    for key, value in (("nodeSelector", spec.node_selector), ("tolerations", list(spec.tolerations)), ("affinity", spec.affinity)):
+    for key, value in (("nodeSelector", spec.node_selector), ("tolerations", model_tolerations(spec)), ("affinity", spec.affinity)):
         if value:  # the same for every model: hardware parity
             pod_spec[key] = value
     annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(cfg.metrics_port), "prometheus.io/path": "/metrics"}
-    return _job(spec, uid, model_job_name(spec, run.name), "model", pod_spec, run.name, annotations)
+    return _job(spec, model_job_name(spec, run.name), "model", pod_spec, run.name, annotations)
 
 
 def analysis_service_account(spec: ABTestSpec) -> str:
     return object_name(spec.name, ANALYSIS)
 
 
-def build_analysis_job(spec: ABTestSpec, cfg: OperatorConfig, uid: str) -> dict:
+def build_analysis_job(spec: ABTestSpec, cfg: OperatorConfig) -> dict:
     args = list(plan.plan_analysis(spec, results_dir(spec), publish=True))
     pod_spec = _pod_spec(
         spec,
         cfg,
         args,
-        _env(cfg),
+        _env(spec, cfg),
         cfg.analysis_resources,
         False,
         serviceAccountName=analysis_service_account(spec),
         automountServiceAccountToken=True,
     )
-    return _job(spec, uid, analysis_job_name(spec), ANALYSIS, pod_spec)
+    return _job(spec, analysis_job_name(spec), ANALYSIS, pod_spec)
 
 
-def build_analysis_rbac(spec: ABTestSpec, uid: str) -> list[dict]:
+def build_analysis_rbac(spec: ABTestSpec) -> list[dict]:
     """A ServiceAccount that may get and patch the status of this one ABTest, nothing else."""
     name = analysis_service_account(spec)
-    meta = {"name": name, "namespace": spec.namespace, "labels": labels(spec, "analysis"), "ownerReferences": [owner_reference(spec, uid)]}
+    meta = {"name": name, "namespace": spec.namespace, "labels": labels(spec, "analysis"), "ownerReferences": [owner_reference(spec)]}
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
         {
@@ -255,12 +281,13 @@ def model_runs(spec: ABTestSpec, cfg: OperatorConfig) -> list[plan.ModelRun]:
     )
 
 
-def model_jobs(spec: ABTestSpec, cfg: OperatorConfig, uid: str) -> list[dict]:
+def model_jobs(spec: ABTestSpec, cfg: OperatorConfig) -> list[dict]:
     runs = model_runs(spec, cfg)
-    return [build_model_job(spec, run, cfg, uid) for run in runs]
+    return [build_model_job(spec, run, cfg) for run in runs]
 
 
-def render_all(spec: ABTestSpec, cfg: OperatorConfig, uid: str = "<abtest-uid>") -> list[dict]:
-    """Every object the operator creates for this ABTest, in creation order."""
+def render_all(spec: ABTestSpec, cfg: OperatorConfig) -> list[dict]:
+    """Every object the operator creates for this ABTest, in creation order (a dry run names the UID it lacks)."""
+    spec = spec if spec.uid else dataclasses.replace(spec, uid="<abtest-uid>")
     claim = build_results_claim(spec, cfg)
-    return [*([claim] if claim else []), *model_jobs(spec, cfg, uid), *build_analysis_rbac(spec, uid), build_analysis_job(spec, cfg, uid)]
+    return [*([claim] if claim else []), *model_jobs(spec, cfg), *build_analysis_rbac(spec), build_analysis_job(spec, cfg)]

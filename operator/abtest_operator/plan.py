@@ -44,7 +44,9 @@ def plan_models(spec: ABTestSpec, results_dir: str, models_dir: str | None = Non
 
 
 def plan_analysis(spec: ABTestSpec, results_dir: str, publish: bool = False) -> tuple[str, ...]:
+    """The analysis' argv; ``publish`` adds the ABTest to patch, with its UID as a precondition (a re-created ABTest
+    of the same name never receives the old one's verdict)."""
     argv = ["analyze", results_dir, "--alpha", str(spec.alpha), "--test", spec.test, "--models", ",".join(m.name for m in spec.models)]
     if publish:
-        argv += ["--abtest", f"{spec.namespace}/{spec.name}"]
+        argv += ["--abtest", f"{spec.namespace}/{spec.name}", *(("--abtest-uid", spec.uid) if spec.uid else ())]
     return tuple(argv)

@@ -39,6 +39,7 @@ class ABTestSpec:
     name: str
     namespace: str
     models: tuple[ModelSpec, ...]
+    uid: str = ""  # metadata.uid; empty outside a cluster
     device: str = "auto"
     alpha: float = 0.05
     test: str = "auto"
@@ -111,6 +112,7 @@ def parse_abtest(manifest: dict) -> ABTestSpec:
     return ABTestSpec(
         name=meta["name"],
         namespace=meta.get("namespace") or "default",
+        uid=meta.get("uid", ""),
         models=tuple(
             ModelSpec(m["name"], m["architecture"], m.get("checkpoint"), evaluate.values_from_spec(spec, m)) for m in spec["models"]
         ),

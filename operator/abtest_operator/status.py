@@ -6,7 +6,7 @@ itself carries (condition transition times, the analysis's result).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from abtest_api.constants import ANALYZING, FAILED, PENDING, RUNNING, SUCCEEDED, TERMINAL_PHASES
@@ -22,6 +22,7 @@ class JobState:
     start: str | None = None
     completion: str | None = None
     stall: str = ""  # why its pod cannot start (unschedulable, image, admission, quota); "" when it can
+    image: str | None = None  # the evaluator image the Job runs
 
 
 # Container waiting reasons that do not resolve by themselves.
@@ -47,6 +48,14 @@ def job_state(job: dict | None, pod_message: str = "") -> JobState:
     """What one observed Job says: its terminal conditions first, then active pods."""
     if job is None:
         return JobState("Missing")
+    return replace(_phase_of(job, pod_message), image=next(iter(job_images(job)), None))
+
+
+def job_images(job: dict) -> list[str]:
+    return [c.get("image") for c in (((job.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []]
+
+
+def _phase_of(job: dict, pod_message: str) -> JobState:
     status = job.get("status") or {}
     conditions = {c["type"]: c for c in status.get("conditions") or [] if c.get("status") == "True"}
     start, completion = status.get("startTime"), status.get("completionTime")
@@ -60,6 +69,13 @@ def job_state(job: dict | None, pod_message: str = "") -> JobState:
     if status.get("active") or status.get("ready"):
         return JobState("Running", start=start)
     return JobState("Pending", start=start)
+
+
+def frozen_image(spec: ABTestSpec, model_jobs: dict[str, JobState], previous: dict, default_image: str) -> str:
+    """The one evaluator image of this ABTest: what its first Job runs, once one exists (parity survives an operator
+    upgrade mid-test), else what status recorded, else spec.image or the operator's image."""
+    observed = [s.image for s in model_jobs.values() if s.image]
+    return observed[0] if observed else previous.get("image") or spec.image or default_image
 
 
 def _condition(type_: str, ok: bool | None, reason: str, message: str, previous: dict, now: str, generation: int) -> dict:
@@ -83,6 +99,7 @@ def derive_status(
     analysis: JobState,
     previous: dict | None = None,
     now: datetime | None = None,
+    default_image: str = "",
 ) -> dict:
     """The whole status (but ``result``, which the analysis Job writes) from observed Job states."""
     previous = previous or {}
@@ -176,6 +193,7 @@ def derive_status(
         "observedGeneration": generation,
         "modelCount": len(spec.models),
         "resultsPath": manifests.results_dir(spec),
+        "image": frozen_image(spec, model_jobs, previous, default_image),
         "conditions": conditions,
         "models": models,
     }

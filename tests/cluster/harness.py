@@ -75,42 +75,43 @@ class Operator:
             "evaluator.image.repository": evaluator_ref.rsplit(":", 1)[0],
             "evaluator.image.tag": evaluator_ref.rsplit(":", 1)[1],
             "evaluator.image.pullPolicy": "Never",
+            "evaluator.allowedImages": "{localhost/abtest/}",  # our images, and the missing one of the stall test
+            "evaluator.defaultResources.requests.cpu": "100m",  # three models fit the 2-core node
+            "evaluator.defaultResources.requests.memory": "256Mi",
             **(values or {}),
         }
         self.metrics_port = 8080
 
     def install(self) -> None:
-        helm = [str(self.binaries / "helm"), "--kubeconfig", str(self.cluster.admin_kubeconfig)]
-        sets = list(itertools.chain.from_iterable(("--set", f"{k}={v}") for k, v in self.values.items()))
-        out = subprocess.run(
-            [
-                *helm,
-                "install",
-                RELEASE,
-                str(ROOT / "charts" / "abtest-operator"),
-                "-n",
-                RELEASE_NS,
-                "--create-namespace",
-                *sets,
-                "--wait",
-                "--timeout",
-                "3m",
-            ],
-            capture_output=True,
-            text=True,
-        )
-        if out.returncode != 0:
-            raise RuntimeError(f"helm install failed: {out.stderr}\n{self.describe()}")
+        self._helm("install", "--create-namespace")
         self.sa = next(
             d for d in helm_template(self.binaries, *(f"{k}={v}" for k, v in self.values.items())) if d["kind"] == "ServiceAccount"
         )["metadata"]["name"]
         self.deployment = f"{RELEASE}-abtest-operator"
         ControlPlane.wait_for(self._healthy, 120, "the operator's /metrics")
 
+    def upgrade(self, values: dict) -> None:
+        """`helm upgrade` with these values over the install's (an empty dict returns to the install's)."""
+        self._helm("upgrade", values=values)
+
+    def _helm(self, command: str, *flags: str, values: dict | None = None) -> None:
+        helm = [str(self.binaries / "helm"), "--kubeconfig", str(self.cluster.admin_kubeconfig)]
+        sets = list(itertools.chain.from_iterable(("--set", f"{k}={v}") for k, v in {**self.values, **(values or {})}.items()))
+        chart = str(ROOT / "charts" / "abtest-operator")
+        out = subprocess.run(
+            [*helm, command, RELEASE, chart, "-n", RELEASE_NS, *flags, *sets, "--wait", "--timeout", "3m"], capture_output=True, text=True
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"helm {command} failed: {out.stderr}\n{self.describe()}")
+
+    def pods(self) -> list[dict]:
+        """The operator's live pods (not those terminating)."""
+        pods = json.loads(self.cluster.kubectl("get", "pods", "-n", RELEASE_NS, "-l", OPERATOR_SELECTOR, "-o", "json").stdout)["items"]
+        return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
     def pod(self) -> dict:
         """The operator's live pod (not one that is terminating)."""
-        pods = json.loads(self.cluster.kubectl("get", "pods", "-n", RELEASE_NS, "-l", OPERATOR_SELECTOR, "-o", "json").stdout)["items"]
-        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        live = self.pods()
         if len(live) != 1:
             raise LookupError(f"expected one operator pod, found {[p['metadata']['name'] for p in live]}")
         return live[0]

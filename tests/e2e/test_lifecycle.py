@@ -38,8 +38,10 @@ def test_two_model_example_succeeds_with_the_right_p_value(cluster, namespace):
     assert table[0].split()[:4] == ["NAME", "PHASE", "WINNER", "P-VALUE"]
     assert table[1].split()[1] == "Succeeded" and table[1].split()[3] == status["result"]["pValue"]
 
-    # the p-value in status equals statsmodels on the predictions written to the results volume
-    results = namespace.results / namespace.name / name
+    # the p-value in status equals statsmodels on the predictions written to the results volume, under the ABTest's UID
+    uid = done["metadata"]["uid"]
+    assert status["resultsPath"] == f"/results/{namespace.name}/{name}/{uid}"
+    results = namespace.results / namespace.name / name / uid
     correct = {
         m: (lambda t: t.column("pred").to_numpy() == t.column("label").to_numpy())(pq.read_table(results / m / "predictions.parquet"))
         for m in ("resnet", "vit")
@@ -64,7 +66,7 @@ def test_two_model_example_succeeds_with_the_right_p_value(cluster, namespace):
     assert {c["args"][c["args"].index("--seed") + 1] for c in containers} == {"42"}
     metrics = [json.loads((results / m / "metrics.json").read_text()) for m in ("resnet", "vit")]
     assert max(m["started_at"] for m in metrics) < min(m["finished_at"] for m in metrics)
-    assert metrics[0]["image"] == metrics[1]["image"] == containers[0]["image"]
+    assert metrics[0]["image"] == metrics[1]["image"] == containers[0]["image"] == status["image"]
     # the per-model status carries the results once the analysis has run
     assert {m["name"]: m["phase"] for m in status["models"]} == {"resnet": "Succeeded", "vit": "Succeeded"}
     assert all("accuracy" in m for m in status["models"])
@@ -133,13 +135,29 @@ def test_broken_checkpoint_fails_naming_the_model(cluster, namespace):
     assert "model vit failed" in described
 
 
-def test_operator_only_rejection_marks_failed(cluster, namespace):
+OPERATOR_REFUSALS = {
+    "relative checkpoint without a models volume": (lambda s: s.pop("modelsVolume"), ["spec.models[0].checkpoint", "spec.modelsVolume"]),
+    "image outside the allowlist": (
+        lambda s: s.update(image="docker.io/someone/miner:1"),
+        ["spec.image 'docker.io/someone/miner:1' is not allowed"],
+    ),
+    "hostPath volume": (
+        lambda s: s["dataset"].update(volume={"hostPath": {"path": "/etc"}}),
+        ["spec.dataset.volume uses hostPath, which this operator does not allow"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OPERATOR_REFUSALS))
+def test_operator_only_rejection_marks_failed(cluster, namespace, case):
+    """What only the operator can refuse (its allowlists, where files live): Failed with the reason, no Job at all."""
+    mutate, expected = OPERATOR_REFUSALS[case]
     manifest = example_manifest("abtest-digits.yaml", namespace.name)
-    del manifest["spec"]["modelsVolume"]  # relative checkpoints with nowhere to read them from
+    mutate(manifest["spec"])
     name = manifest["metadata"]["name"]
     apply(cluster, manifest)
     status = wait_phase(cluster, namespace.name, name, ("Failed",), timeout=60)["status"]
-    assert "spec.models[0].checkpoint" in status["reason"] and "spec.modelsVolume" in status["reason"]
+    assert all(text in status["reason"] for text in expected), status["reason"]
     assert jobs(cluster, namespace.name) == []
     assert any(e["reason"] == "InvalidSpec" for e in events(cluster, namespace.name, name))
 
@@ -148,9 +166,9 @@ def test_deleting_the_abtest_collects_jobs_and_pods_but_keeps_results(cluster, n
     manifest = example_manifest("abtest-digits.yaml", namespace.name)
     name = manifest["metadata"]["name"]
     apply(cluster, manifest)
-    wait_phase(cluster, namespace.name, name, ("Succeeded",))
-    results = namespace.results / namespace.name / name
-    assert (results / "result.json").exists()
+    first = wait_phase(cluster, namespace.name, name, ("Succeeded",))
+    results = namespace.results / namespace.name / name / first["metadata"]["uid"]
+    verdict = (results / "result.json").read_bytes()
     cluster.kubectl("delete", "abtest", name, "-n", namespace.name, "--wait=true", "--timeout=60s")
 
     def collected():
@@ -161,6 +179,12 @@ def test_deleting_the_abtest_collects_jobs_and_pods_but_keeps_results(cluster, n
     assert (results / "result.json").exists() and (results / "resnet" / "predictions.parquet").exists()
     # the shared results claim is not owned by the ABTest: it stays too
     assert cluster.kubectl("get", "pvc", "abtest-results", "-n", namespace.name, check=False).returncode == 0
+    # the same name again is another ABTest: its own folder, and the first verdict is never rewritten
+    apply(cluster, manifest)
+    second = wait_phase(cluster, namespace.name, name, ("Succeeded", "Failed"))
+    assert second["status"]["phase"] == "Succeeded" and second["metadata"]["uid"] != first["metadata"]["uid"]
+    assert (namespace.results / namespace.name / name / second["metadata"]["uid"] / "result.json").exists()
+    assert (results / "result.json").read_bytes() == verdict
 
 
 def test_default_device_requests_a_gpu_and_falls_back_to_cpu(cluster, namespace):
@@ -170,11 +194,15 @@ def test_default_device_requests_a_gpu_and_falls_back_to_cpu(cluster, namespace)
     manifest["spec"]["device"] = "auto"
     name = manifest["metadata"]["name"]
     apply(cluster, manifest)
-    status = wait_phase(cluster, namespace.name, name, ("Succeeded", "Failed"))["status"]
+    done = wait_phase(cluster, namespace.name, name, ("Succeeded", "Failed"))
+    status = done["status"]
     assert status["phase"] == "Succeeded", status
     pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace.name, "-l", "abtest.dev/role=model", "-o", "json").stdout)["items"]
     assert {p["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] for p in pods} == {"1"}
-    metrics = json.loads((namespace.results / namespace.name / name / "resnet" / "metrics.json").read_text())
+    # the chart's default requests (set small for this 2-core node) and the GPU taint's toleration
+    assert all(p["spec"]["containers"][0]["resources"]["requests"] == {"cpu": "100m", "memory": "256Mi"} for p in pods)
+    assert all({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in p["spec"]["tolerations"] for p in pods)
+    metrics = json.loads((namespace.results / namespace.name / name / done["metadata"]["uid"] / "resnet" / "metrics.json").read_text())
     assert metrics["device"]["type"] == "cpu" and metrics["gpu_memory"] is None
 
 
@@ -183,8 +211,9 @@ def test_finished_abtest_stays_finished_when_its_jobs_are_deleted(cluster, names
     manifest = example_manifest("abtest-digits.yaml", namespace.name)
     name = manifest["metadata"]["name"]
     apply(cluster, manifest)
-    before = wait_phase(cluster, namespace.name, name, ("Succeeded",))["status"]
-    result_file = namespace.results / namespace.name / name / "result.json"
+    finished = wait_phase(cluster, namespace.name, name, ("Succeeded",))
+    before = finished["status"]
+    result_file = namespace.results / namespace.name / name / finished["metadata"]["uid"] / "result.json"
     written = result_file.stat().st_mtime_ns
     cluster.kubectl("delete", "jobs", "--all", "-n", namespace.name, "--wait=true")
     operator.kill()  # and the resume pass after a restart
@@ -221,10 +250,7 @@ def test_job_name_collision_across_abtests_fails_the_newcomer_only(cluster, name
 STALLS = {
     "unschedulable": ({"nodeSelector": {"abtest.dev/pool": "nowhere"}}, "unschedulable: 0/1 nodes are available"),
     "image": ({"image": "localhost/abtest/missing:0"}, "ErrImageNeverPull"),
-    "admission": (
-        {"dataset": {"name": "digits", "split": "test", "volume": {"hostPath": {"path": "/srv"}}}},
-        'violates PodSecurity "restricted:latest": restricted volume types (volume "data" uses restricted volume type "hostPath")',
-    ),
+    "quota": ({}, "exceeded quota: no-pods"),  # a ResourceQuota of zero pods in the namespace: the Job controller is refused
 }
 
 
@@ -233,6 +259,8 @@ def test_a_pod_that_cannot_start_is_stalled_then_failed(cluster, namespace, case
     """No silent stalls: a Stalled condition and a Warning Event at once, Failed after spec.stallTimeoutSeconds,
     the reason naming the model and the cause, and the unfinished Jobs suspended."""
     spec_update, cause = STALLS[case]
+    if case == "quota":
+        cluster.kubectl("create", "quota", "no-pods", "--hard=pods=0", "-n", namespace.name)
     manifest = example_manifest("abtest-digits.yaml", namespace.name, stallTimeoutSeconds=20, **spec_update)
     name = manifest["metadata"]["name"]
     apply(cluster, manifest)

@@ -30,7 +30,7 @@ def watched(cluster, operator, prometheus, models_dir):
     apply(cluster, manifest)
     obj = wait_phase(cluster, ns.name, "watched", ("Succeeded", "Failed"), timeout=300)
     assert obj["status"]["phase"] == "Succeeded", obj["status"]
-    results = ns.results / ns.name / "watched"
+    results = ns.results / ns.name / "watched" / obj["metadata"]["uid"]
     spans = [json.loads((results / m / "metrics.json").read_text()) for m in ("resnet", "shufflenet")]
     # the end of the overlap: both evaluators have been running (and scraped every second) the longest
     midpoint = min(s["finished_at"] for s in spans) - 0.5

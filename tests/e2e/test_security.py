@@ -78,3 +78,32 @@ def test_rendered_chart_passes_a_server_side_dry_run(cluster, operator, binaries
     assert re.search(r"^deployment\.apps/abtest-abtest-operator (created|configured|unchanged) \(server dry run\)$", out.stdout, re.M), (
         out.stdout
     )
+
+
+def test_watched_namespaces_confine_the_operator_to_them(cluster, binaries, namespace):
+    """With operator.watchNamespaces the chart's rights are Roles in those namespaces: checked by the API server's RBAC
+    for the ServiceAccount of a second, scoped release (its RBAC objects applied as rendered)."""
+    from cluster.harness import helm_template
+
+    docs = helm_template(binaries, "crds.enabled=false", f"operator.watchNamespaces={{{namespace.name}}}")
+    rbac = [d for d in docs if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")]
+    for d in rbac:  # a release of its own: rename what is cluster-wide or in the release namespace
+        d["metadata"]["name"] = "scoped-abtest-operator"
+        if d["kind"] == "ServiceAccount":
+            d["metadata"]["namespace"] = "abtest-system"
+        for subject in d.get("subjects", []):
+            subject["name"] = "scoped-abtest-operator"
+        if d.get("roleRef"):
+            d["roleRef"]["name"] = "scoped-abtest-operator"
+    out = cluster.kubectl("apply", "-f", "-", input="---\n".join(yaml.safe_dump(d) for d in rbac), check=False)
+    assert out.returncode == 0, out.stderr
+    user = "system:serviceaccount:abtest-system:scoped-abtest-operator"
+    try:
+        assert can_i(cluster, user, "create", "jobs.batch", "-n", namespace.name)
+        assert can_i(cluster, user, "patch", "abtests.abtest.dev", "--subresource=status", "-n", namespace.name)
+        assert can_i(cluster, user, "list", "customresourcedefinitions.apiextensions.k8s.io")
+        assert not can_i(cluster, user, "create", "jobs.batch", "-n", "default")
+        assert not can_i(cluster, user, "list", "abtests.abtest.dev", "-A")
+        assert not can_i(cluster, user, "list", "namespaces")
+    finally:
+        cluster.kubectl("delete", "-f", "-", input="---\n".join(yaml.safe_dump(d) for d in rbac), check=False)

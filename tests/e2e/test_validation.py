@@ -84,3 +84,35 @@ def test_long_name_is_rejected_naming_the_limit(cluster, namespace):
     manifest["metadata"]["name"] = "n" * 64
     proc = cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest), check=False)
     assert proc.returncode != 0 and "metadata.name must be at most 63 characters" in proc.stderr, proc.stderr
+
+
+def test_status_result_is_checked_by_the_api_server_and_written_only_to_the_analysed_abtest(cluster, namespace):
+    """The CRD's status.result schema is enforced by the API server, and the analysis' UID precondition keeps a verdict
+    from landing on a re-created namesake."""
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    from abtest_api.constants import GROUP, PLURAL, VERSION
+    from abtest_api.errors import UserError
+    from abtest_api.result import status_result
+    from abtest_evaluator.publish import publish_result
+    from helpers import result_json
+    from kube import wait_phase
+
+    manifest = example_manifest("abtest-digits.yaml", namespace.name)
+    manifest["spec"]["dataset"]["volume"] = {"hostPath": {"path": "/etc"}}  # refused by the operator: it stays Failed, untouched
+    name = manifest["metadata"]["name"]
+    apply(cluster, manifest)
+    uid = wait_phase(cluster, namespace.name, name, ("Failed",), timeout=60)["metadata"]["uid"]
+    api = client.CustomObjectsApi(config.new_client_from_config(config_file=str(cluster.admin_kubeconfig)))
+    ref = f"{namespace.name}/{name}"
+    with pytest.raises(UserError, match="no longer the one analysed"):
+        publish_result(ref, status_result(result_json()), api=api, uid="00000000-0000-0000-0000-000000000000", sleep=lambda s: None)
+    assert "result" not in get_abtest(cluster, namespace.name, name)["status"]
+    publish_result(ref, status_result(result_json()), api=api, uid=uid)
+    assert get_abtest(cluster, namespace.name, name)["status"]["result"]["comparisons"][0]["pValue"] == 0.01
+    bad = status_result(result_json())
+    bad["comparisons"][0]["pValue"] = 2.0
+    with pytest.raises(ApiException) as refused:
+        api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace.name, PLURAL, name, {"status": {"result": bad}})
+    assert refused.value.status == 422 and "pValue" in refused.value.body

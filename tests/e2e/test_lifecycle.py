@@ -277,3 +277,48 @@ def test_a_pod_that_cannot_start_is_stalled_then_failed(cluster, namespace, case
     assert any(e["reason"] == "Stalled" and e["type"] == "Warning" for e in events(cluster, namespace.name, name))
     model_jobs = [j for j in jobs(cluster, namespace.name) if j["metadata"]["labels"]["abtest.dev/role"] == "model"]
     assert model_jobs and all(j["spec"].get("suspend") for j in model_jobs)
+
+
+def running_model_pod(cluster, namespace: str, model: str) -> dict:
+    def find():
+        pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-l", f"abtest.dev/model={model}", "-o", "json").stdout)["items"]
+        running = [p for p in pods if p["status"].get("phase") == "Running"]
+        return running[0] if running else None
+
+    return cluster.wait_for(find, 120, f"a running pod of model {model}", interval=0.5)
+
+
+def test_an_evicted_model_pod_is_replaced_and_not_counted_as_a_failure(cluster, namespace):
+    """An eviction (drain, preemption) is not the model's fault: the Job's pod failure policy ignores it, a new pod
+    evaluates again, and the ABTest ends with one set of Jobs and one verdict."""
+    manifest = example_manifest("abtest-digits.yaml", namespace.name, batchSize=8)
+    manifest["spec"]["dataset"]["split"] = "train"  # long enough to evict mid-run
+    name = manifest["metadata"]["name"]
+    apply(cluster, manifest)
+    pod = running_model_pod(cluster, namespace.name, "vit")["metadata"]["name"]
+    eviction = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pod, "namespace": namespace.name}}
+    cluster.kubectl("create", "--raw", f"/api/v1/namespaces/{namespace.name}/pods/{pod}/eviction", "-f", "-", input=json.dumps(eviction))
+    status = wait_phase(cluster, namespace.name, name, ("Succeeded", "Failed"))["status"]
+    assert status["phase"] == "Succeeded", status
+    observed = jobs(cluster, namespace.name)
+    assert sorted(j["metadata"]["labels"]["abtest.dev/role"] for j in observed) == ["analysis", "model", "model"]
+    vit = next(j for j in observed if j["metadata"]["labels"].get("abtest.dev/model") == "vit")
+    # backoffLimit is 0: had the eviction counted as a failure, the Job (and the ABTest) would have failed
+    assert vit["spec"]["backoffLimit"] == 0 and vit["status"].get("succeeded") == 1
+
+
+def test_a_model_job_deleted_mid_run_is_recreated_once(cluster, namespace):
+    manifest = example_manifest("abtest-digits.yaml", namespace.name, batchSize=8)
+    manifest["spec"]["dataset"]["split"] = "train"
+    name = manifest["metadata"]["name"]
+    apply(cluster, manifest)
+    running_model_pod(cluster, namespace.name, "resnet")
+    job = f"{name}-resnet"
+    first_uid = next(j["metadata"]["uid"] for j in jobs(cluster, namespace.name) if j["metadata"]["name"] == job)
+    cluster.kubectl("delete", "job", job, "-n", namespace.name, "--cascade=foreground", "--wait=true", "--timeout=60s")
+    status = wait_phase(cluster, namespace.name, name, ("Succeeded", "Failed"))["status"]
+    assert status["phase"] == "Succeeded", status
+    observed = jobs(cluster, namespace.name)
+    assert sorted(j["metadata"]["name"] for j in observed) == sorted([f"{name}-resnet", f"{name}-vit", f"{name}-analysis"])
+    assert next(j["metadata"]["uid"] for j in observed if j["metadata"]["name"] == job) != first_uid  # re-created, once
+    assert sum(e["reason"] == "JobsCreated" for e in events(cluster, namespace.name, name)) == 2

@@ -154,7 +154,7 @@ class Processes:
     procs: dict[str, subprocess.Popen]
 
     def _start(self, name: str, args: list[str]) -> None:
-        log = open(self.root / f"{name}.log", "w")  # noqa: SIM115 (open for the process's lifetime)
+        log = open(self.root / f"{name}.log", "a")  # noqa: SIM115 (open for the process's lifetime; a restart appends)
         env = {**os.environ, "PATH": f"{self.bin}:{os.environ['PATH']}"}  # containerd finds its shim there
         self.procs[name] = subprocess.Popen(
             [str(self.bin / name.split("#")[0]), *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
@@ -239,32 +239,30 @@ class ControlPlane(Processes):
                 "warn",
             ],
         )
-        self._start(
-            "kube-apiserver",
-            [
-                f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-                f"--bind-address={self.address}",
-                f"--secure-port={self.port}",
-                f"--advertise-address={self.address}",
-                f"--tls-cert-file={pki / 'apiserver.crt'}",
-                f"--tls-private-key-file={pki / 'apiserver.key'}",
-                f"--client-ca-file={pki / 'ca.crt'}",
-                f"--token-auth-file={self.root / 'tokens.csv'}",
-                "--authorization-mode=Node,RBAC",
-                "--enable-admission-plugins=NodeRestriction,OwnerReferencesPermissionEnforcement",
-                f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
-                f"--kubelet-client-key={pki / 'kubelet-client.key'}",
-                "--kubelet-preferred-address-types=InternalIP",
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                f"--service-account-key-file={pki / 'sa.pub'}",
-                f"--service-account-signing-key-file={pki / 'sa.key'}",
-                "--service-cluster-ip-range=10.0.0.0/24",
-                "--allow-privileged=false",
-                "--profiling=false",
-                "--enable-priority-and-fairness=false",
-                *self.apiserver_args,
-            ],
-        )
+        self._apiserver_argv = [
+            f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+            f"--bind-address={self.address}",
+            f"--secure-port={self.port}",
+            f"--advertise-address={self.address}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            f"--token-auth-file={self.root / 'tokens.csv'}",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction,OwnerReferencesPermissionEnforcement",
+            f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'kubelet-client.key'}",
+            "--kubelet-preferred-address-types=InternalIP",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            "--allow-privileged=false",
+            "--profiling=false",
+            "--enable-priority-and-fairness=false",
+            *self.apiserver_args,
+        ]
+        self._start("kube-apiserver", self._apiserver_argv)
         self.wait_ready()
         common = [
             f"--kubeconfig={self.admin_kubeconfig}",
@@ -280,10 +278,10 @@ class ControlPlane(Processes):
                 f"--root-ca-file={pki / 'ca.crt'}",
                 "--use-service-account-credentials=true",
                 # Jobs, Deployments (the operator), EndpointSlices, node lifecycle (lifts the not-ready taint), garbage collector, service accounts and their
-                # tokens, namespaces, PV binding, the CA publisher and the TTL-after-finished controller
+                # tokens, namespaces, PV binding, the CA publisher, the TTL-after-finished controller and resource quotas
                 "--controllers=job,deployment-controller,replicaset-controller,endpointslice-controller,endpointslice-mirroring-controller,"
                 "node-lifecycle-controller,garbage-collector-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller,"
-                "persistentvolume-binder-controller,root-ca-certificate-publisher-controller,ttl-after-finished-controller",
+                "persistentvolume-binder-controller,root-ca-certificate-publisher-controller,ttl-after-finished-controller,resourcequota-controller",
             ],
         )
         self._start(
@@ -296,6 +294,14 @@ class ControlPlane(Processes):
             "the serviceaccount controller to create default/default",
         )
         return self
+
+    def restart_apiserver(self, down: float) -> None:
+        """The API server stops (SIGTERM), stays away ``down`` seconds, and comes back with the same flags: every
+        watch and client in the cluster loses its connection meanwhile."""
+        self._stop("kube-apiserver")
+        time.sleep(down)
+        self._start("kube-apiserver", self._apiserver_argv)
+        self.wait_ready()
 
     def _ssl(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca))

@@ -33,30 +33,36 @@ def parse_reference(ref: str) -> tuple[str, str]:
 
 def publish_result(ref: str, summary: dict, api=None, attempts: int = 5, sleep=time.sleep, uid: str | None = None) -> None:
     """Merge-patch status.result; retries conflicts and transient errors, explains missing permissions.
-    With ``uid`` the patch carries it as a precondition: the API server refuses it (409) when the ABTest of that name
-    is another object than the one analysed (deleted and re-created meanwhile)."""
+
+    With ``uid`` it is a compare-and-swap: read the ABTest, refuse when its UID is not the one analysed (deleted and
+    re-created meanwhile), and patch on the condition of the resourceVersion read, so a re-creation between the read
+    and the patch is a conflict that the next attempt reads again. (The status subresource ignores a UID in the patch
+    body itself, so the read is what checks it.)"""
     from kubernetes.client.exceptions import ApiException
 
     namespace, name = parse_reference(ref)
-    body = {"status": {"result": check_status_result(summary)}}
-    if uid:
-        body["metadata"] = {"uid": uid}
+    result = check_status_result(summary)
     api = api or custom_objects_api()
     for attempt in range(attempts):
         try:
+            body = {"status": {"result": result}}
+            if uid:
+                current = api.get_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name)["metadata"]
+                if current["uid"] != uid:
+                    raise UserError(
+                        f"ABTest {ref} is no longer the one analysed (UID {uid}, now {current['uid']}): it was deleted and re-created; "
+                        "its verdict is not written"
+                    )
+                body["metadata"] = {"resourceVersion": current["resourceVersion"]}
             api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, body)
             return
         except ApiException as err:
             if err.status == 403:
                 raise UserError(
-                    f"not allowed to patch abtests/status of {ref}; grant the analysis ServiceAccount 'patch' on abtests/status in {namespace}"
+                    f"not allowed to read or patch abtests/status of {ref}; grant the analysis ServiceAccount 'get' and 'patch' on abtests/status in {namespace}"
                 ) from None
             if err.status == 404:
                 raise UserError(f"ABTest {ref} does not exist (deleted while the analysis ran?)") from None
-            if uid and err.status in (409, 422) and "uid" in str(err.body).lower():  # the precondition, or an immutable uid
-                raise UserError(
-                    f"ABTest {ref} is no longer the one analysed (UID {uid}): it was deleted and re-created; its verdict is not written"
-                ) from None
             if err.status not in RETRYABLE or attempt == attempts - 1:
                 raise UserError(f"patching the status of ABTest {ref} failed: HTTP {err.status} {err.reason}") from None
             log.warning("status patch of %s got HTTP %s, retrying", ref, err.status)

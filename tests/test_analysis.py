@@ -367,27 +367,45 @@ def test_readme_quickstart_output_is_what_a_fresh_run_prints(tmp_path):
     assert deterministic(printed) == deterministic(sample), f"README sample differs from a fresh run:\n{run.stdout}"
 
 
-def test_publish_carries_the_uid_precondition_and_explains_a_recreated_abtest():
+def test_publish_writes_only_to_the_abtest_it_analysed():
     from kubernetes.client.exceptions import ApiException
 
     from abtest_api.result import status_result
     from abtest_evaluator.publish import publish_result
 
-    sent = []
-
     class Api:
-        def patch_namespaced_custom_object_status(self, group, version, namespace, plural, name, body):
-            sent.append(body)
-            err = ApiException(status=409, reason="Conflict")
-            err.body = (
-                '{"message": "Operation cannot be fulfilled: precondition failed: UID in precondition: old, UID in object meta: new"}'
-            )
-            raise err
+        """One ABTest whose UID and resourceVersion a test sets; a patch on a stale resourceVersion is a conflict."""
 
-    result = result_json()
+        def __init__(self, uid):
+            self.meta, self.patches = {"uid": uid, "resourceVersion": "1"}, []
+
+        def get_namespaced_custom_object_status(self, group, version, namespace, plural, name):
+            return {"metadata": dict(self.meta)}
+
+        def patch_namespaced_custom_object_status(self, group, version, namespace, plural, name, body):
+            self.patches.append(body)
+            if body["metadata"]["resourceVersion"] != self.meta["resourceVersion"]:
+                raise ApiException(status=409, reason="Conflict")
+
+    recreated = Api("new")
     with pytest.raises(UserError, match="no longer the one analysed .*deleted and re-created"):
-        publish_result("ns/t", status_result(result), api=Api(), uid="old", sleep=lambda s: None)
-    assert len(sent) == 1 and sent[0]["metadata"] == {"uid": "old"}  # not retried: a conflict on the UID is final
+        publish_result("ns/t", status_result(result_json()), api=recreated, uid="old", sleep=lambda s: None)
+    assert recreated.patches == []  # nothing written to the namesake
+
+    same = Api("old")
+    publish_result("ns/t", status_result(result_json()), api=same, uid="old")
+    assert same.patches[0]["metadata"] == {"resourceVersion": "1"} and same.patches[0]["status"]["result"]["winner"] == "a"
+
+    racing = Api("old")  # re-created between the read and the patch: the patch conflicts, the next read refuses
+    original_patch = racing.patch_namespaced_custom_object_status
+
+    def patch_after_recreation(*args):
+        racing.meta = {"uid": "new", "resourceVersion": "2"}
+        return original_patch(*args)
+
+    racing.patch_namespaced_custom_object_status = patch_after_recreation
+    with pytest.raises(UserError, match="no longer the one analysed"):
+        publish_result("ns/t", status_result(result_json()), api=racing, uid="old", sleep=lambda s: None)
 
 
 def test_different_images_or_versions_are_warned_about():

@@ -341,3 +341,43 @@ def test_api_server_down_for_10_seconds_mid_run_changes_nothing(cluster, namespa
     pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace.name, "-o", "json").stdout)["items"]
     assert len(pods) == 3  # one run per Job: nothing evaluated twice
     assert operator._healthy()  # the same operator process, reconnected
+
+
+def test_operator_killed_between_its_job_creates_resumes_without_duplicates(cluster, namespace, operator):
+    """The crash after the first Job create and before the second: a quota of one Job makes the second create fail, the
+    operator is SIGKILLed in that state, the quota goes; the restarted operator creates only what is missing."""
+    cluster.kubectl("create", "quota", "one-job", "--hard=count/jobs.batch=1", "-n", namespace.name)
+    cluster.wait_for(
+        lambda: cluster.kubectl("get", "quota", "one-job", "-n", namespace.name, "-o", "jsonpath={.status.hard}").stdout.strip(),
+        60,
+        "the quota controller to take up the quota",
+    )
+    manifest = example_manifest("abtest-digits.yaml", namespace.name)
+    name = manifest["metadata"]["name"]
+    apply(cluster, manifest)
+    cluster.wait_for(lambda: len(jobs(cluster, namespace.name)) == 1, 60, "the first Job")
+    operator.kill()  # one Job created, the second refused: the operator dies in between
+    cluster.kubectl("delete", "quota", "one-job", "-n", namespace.name)
+    status = wait_phase(cluster, namespace.name, name, ("Succeeded", "Failed"))["status"]
+    assert status["phase"] == "Succeeded", status
+    names = sorted(j["metadata"]["name"] for j in jobs(cluster, namespace.name))
+    assert names == sorted([f"{name}-resnet", f"{name}-vit", f"{name}-analysis"])
+    pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace.name, "-o", "json").stdout)["items"]
+    assert len(pods) == 3  # one run per Job
+
+
+def test_operator_killed_during_the_analysis_resumes_without_a_second_analysis(cluster, namespace, operator):
+    manifest = example_manifest("abtest-digits.yaml", namespace.name)
+    name = manifest["metadata"]["name"]
+    apply(cluster, manifest)
+
+    def analysis_running():
+        job = next((j for j in jobs(cluster, namespace.name) if j["metadata"]["name"] == f"{name}-analysis"), None)
+        return job is not None and not (job.get("status") or {}).get("succeeded")
+
+    cluster.wait_for(analysis_running, 240, "the analysis Job to be running", interval=0.25)
+    operator.kill()
+    status = wait_phase(cluster, namespace.name, name, ("Succeeded", "Failed"))["status"]
+    assert status["phase"] == "Succeeded" and status["result"]["winner"] in ("resnet", "vit", "none"), status
+    analysis_pods = cluster.kubectl("get", "pods", "-n", namespace.name, "-l", "abtest.dev/role=analysis", "-o", "name").stdout.split()
+    assert len(analysis_pods) == 1 and len(jobs(cluster, namespace.name)) == 3  # one analysis, nothing created twice

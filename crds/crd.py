@@ -49,8 +49,10 @@ def to_jsonschema(node):
     return out
 
 
+@cache
 def validator(*path: str, version: str = "v1alpha1") -> jsonschema.Draft202012Validator:
-    """A validator for the schema at ``path`` (property names from the root), e.g. ``("status", "result")``."""
+    """A validator for the schema at ``path`` (property names from the root), e.g. ``("status", "result")``; built once
+    (every reconcile pass validates a spec, every metrics export a result)."""
     schema = openapi_schema(version)
     for key in path:
         schema = schema["properties"][key]

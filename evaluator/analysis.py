@@ -40,8 +40,7 @@ def collect_warnings(models: list[ModelData]) -> list[str]:
             + ", ".join(f"{n}: {i}" for n, i in images.items())
             + "); the comparison is not controlled"
         )
-    versions = {m.name: m.metrics.get("versions") for m in models}
-    if len({str(sorted((v or {}).items())) for v in versions.values()}) > 1:
+    if any(m.metrics.get("versions") != models[0].metrics.get("versions") for m in models[1:]):
         warnings.append("models ran with different library versions (see each metrics.json's versions); figures may not be comparable")
     for m in models:
         if m.metrics.get("weights") == "random":

@@ -138,11 +138,16 @@ class _Api:
 
     def _list_namespaced_event(self, namespace, field_selector=None):
         wanted = dict(term.split("=", 1) for term in (field_selector or "").split(",") if term)
+
+        def field(event: dict, path: str):
+            for key in path.split("."):
+                event = (event or {}).get(key)
+            return event
+
         events = [
             o
             for o in self._c.of_kind("Event")
-            if o["metadata"]["namespace"] == namespace
-            and all(str(o.get(k.split(".")[0], {}).get(k.split(".")[1]) if "." in k else o.get(k)) == v for k, v in wanted.items())
+            if o["metadata"]["namespace"] == namespace and all(str(field(o, k)) == v for k, v in wanted.items())
         ]
         return SimpleNamespace(items=[model(o, "CoreV1Event") for o in events])
 

@@ -14,6 +14,14 @@ from abtest_evaluator import results
 from helpers import INPUT_FLAGS, abtest_cli, read_json
 
 
+def evaluate_tiny(trained_models, *flags, arch="timm/test_vit", **kwargs):
+    """`abtest evaluate` of a trained tiny model on digits, on the CPU, at the tests' input size."""
+    checkpoint = trained_models[arch]
+    return abtest_cli(
+        "evaluate", "--model", arch, "--checkpoint", checkpoint, "--dataset", "digits", *INPUT_FLAGS, "--device", "cpu", *flags, **kwargs
+    )
+
+
 def test_predictions_follow_the_digits_contract(evaluated):
     table = pq.read_table(evaluated / "resnet" / "predictions.parquet")
     targets = load_digits().target
@@ -52,24 +60,7 @@ def test_fingerprints_equal_across_models(evaluated):
 def test_identical_runs_give_identical_predictions(tmp_path, trained_models):
     outs = []
     for run in ("a", "b"):
-        proc = abtest_cli(
-            "evaluate",
-            "--model",
-            "timm/test_vit",
-            "--checkpoint",
-            trained_models["timm/test_vit"],
-            "--dataset",
-            "digits",
-            *INPUT_FLAGS,
-            "--device",
-            "cpu",
-            "--workers",
-            "2",
-            "--batch-size",
-            "32",
-            "--out",
-            tmp_path / run,
-        )
+        proc = evaluate_tiny(trained_models, "--workers", "2", "--batch-size", "32", "--out", tmp_path / run)
         assert proc.returncode == 0, proc.stderr
         outs.append(pq.read_table(tmp_path / run / "predictions.parquet"))
     for column in ("pred", "confidence", "top5"):
@@ -106,24 +97,7 @@ def test_random_weights_are_seeded(tmp_path):
 
 
 def test_amp_and_channels_last_on_cpu(tmp_path, trained_models):
-    proc = abtest_cli(
-        "evaluate",
-        "--model",
-        "timm/resnet10t",
-        "--checkpoint",
-        trained_models["timm/resnet10t"],
-        "--dataset",
-        "digits",
-        *INPUT_FLAGS,
-        "--device",
-        "cpu",
-        "--amp",
-        "--channels-last",
-        "--workers",
-        "0",
-        "--out",
-        tmp_path,
-    )
+    proc = evaluate_tiny(trained_models, "--amp", "--channels-last", "--workers", "0", "--out", tmp_path, arch="timm/resnet10t")
     assert proc.returncode == 0, proc.stderr
     metrics = read_json(tmp_path / "metrics.json")
     assert metrics["device"]["amp_dtype"] == "bfloat16" and metrics["device"]["channels_last"]
@@ -496,17 +470,8 @@ def test_pushgateway_receives_the_final_values(tmp_path, trained_models):
                 break
             except OSError:
                 time.sleep(0.1)
-        proc = abtest_cli(
-            "evaluate",
-            "--model",
-            "timm/test_vit",
-            "--checkpoint",
-            trained_models["timm/test_vit"],
-            "--dataset",
-            "digits",
-            *INPUT_FLAGS,
-            "--device",
-            "cpu",
+        proc = evaluate_tiny(
+            trained_models,
             "--workers",
             "0",
             "--abtest",

@@ -43,6 +43,12 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
+def _sign(name: str, extfile: str, pki: Path) -> None:
+    """NAME.csr -> NAME.crt, signed by the test CA for two days, with the [ext] section of EXTFILE."""
+    args = f"x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out {name}.crt -days 2 -extfile {extfile} -extensions ext"
+    _openssl(*args.split(), cwd=pki)
+
+
 def make_pki(pki: Path, address: str) -> None:
     """A CA, the apiserver's serving certificate (its address, the Service IP, in-cluster names), its
     client certificate for kubelets (logs, exec), and service-account keys."""
@@ -71,26 +77,7 @@ def make_pki(pki: Path, address: str) -> None:
     _openssl(
         "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "apiserver.key", "-out", "apiserver.csr", "-subj", "/CN=kube-apiserver", cwd=pki
     )
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        "apiserver.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "apiserver.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "san.cnf",
-        "-extensions",
-        "ext",
-        cwd=pki,
-    )
+    _sign("apiserver", "san.cnf", pki)
     (pki / "client.cnf").write_text(
         "[ext]\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n"
     )
@@ -107,26 +94,7 @@ def make_pki(pki: Path, address: str) -> None:
         "/O=system:masters/CN=kube-apiserver-kubelet-client",
         cwd=pki,
     )
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        "kubelet-client.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "kubelet-client.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "client.cnf",
-        "-extensions",
-        "ext",
-        cwd=pki,
-    )
+    _sign("kubelet-client", "client.cnf", pki)
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
 

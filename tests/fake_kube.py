@@ -1,9 +1,9 @@
 """An in-memory stand-in for the four Kubernetes API clients the handlers use, for the handler tier.
 
 It answers with the kubernetes client's own models (deserialized from dicts, as the real client does),
-raises its ApiException with real status codes, counts requests, and lets a test play the Job and
-pod controllers by editing stored objects. The e2e tier proves the handlers against a real cluster;
-this tier proves their decisions in milliseconds.
+raises its ApiException with real status codes, counts requests, lets a test play the Job and pod
+controllers by editing stored objects, and shows the operator its objects as its watches would (``seen``).
+The e2e tier proves the handlers against a real cluster; this tier proves their decisions in milliseconds.
 """
 
 from __future__ import annotations
@@ -13,10 +13,14 @@ import itertools
 import json
 import uuid
 from collections import Counter
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
+
+from abtest_operator import watched
+from abtest_operator.watched import Observed
 
 _api_client = ApiClient()
 _versions = itertools.count(1)
@@ -25,15 +29,6 @@ _versions = itertools.count(1)
 def model(obj: dict, kind: str):
     """``obj`` as the client's model class ``kind`` (V1Job, V1Pod, …), through the client's public deserializer."""
     return _api_client.deserialize(json.dumps(obj), kind, "application/json")
-
-
-def _matches(obj: dict, label_selector: str | None) -> bool:
-    labels = obj["metadata"].get("labels") or {}
-    for term in filter(None, (label_selector or "").split(",")):
-        key, _, value = term.partition("=")
-        if labels.get(key) != value:
-            return False
-    return True
 
 
 class FakeCluster:
@@ -71,7 +66,8 @@ class FakeCluster:
     def create(self, kind: str, namespace: str, body: dict) -> dict:
         if (kind, namespace, body["metadata"]["name"]) in self.objects:
             raise ApiException(status=409, reason="AlreadyExists")
-        return self.add(kind, {**body, "metadata": {**body["metadata"], "namespace": namespace}})
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")  # created now, as the API server stamps it
+        return self.add(kind, {**body, "metadata": {**body["metadata"], "namespace": namespace, "creationTimestamp": now}})
 
     def read(self, kind: str, namespace: str, name: str) -> dict:
         try:
@@ -79,9 +75,21 @@ class FakeCluster:
         except KeyError:
             raise ApiException(status=404, reason="NotFound") from None
 
+    def seen(self) -> Observed:
+        """What the operator's watches would hold now: every stored object through the operator's own index functions."""
+        indexes = {"Job": watched.index_job, "Pod": watched.index_pod, "ABTest": watched.index_abtest}
+        built: dict[str, dict] = {kind: {} for kind in indexes}
+        for (kind, namespace, _), obj in self.objects.items():
+            if kind in indexes and (entry := indexes[kind](copy.deepcopy(obj), namespace)):
+                for key, value in entry.items():
+                    built[kind].setdefault(key, []).append(value)
+        return Observed(jobs=built["Job"], pods=built["Pod"], abtests=built["ABTest"])
+
     def set_job_status(self, name: str, namespace: str, status: dict) -> None:
-        """Play the Job controller."""
-        self.get("Job", namespace, name)["status"] = status
+        """Play the Job controller (a write: a new resourceVersion, as the API server gives it)."""
+        job = self.get("Job", namespace, name)
+        job["status"] = status
+        job["metadata"]["resourceVersion"] = str(next(_versions))
 
 
 class _Api:
@@ -97,9 +105,13 @@ class _Api:
         if handler is None:
             raise AttributeError(f"the fake {self._group} API has no {method}")
 
-        def call(*args, **kwargs):
+        def call(*args, _preload_content: bool = True, **kwargs):
             self._c._call(method)
-            return handler(*args, **kwargs)
+            answer = handler(*args, **kwargs)
+            if _preload_content:
+                return answer
+            # the raw HTTP answer, as the client gives it with _preload_content=False: its JSON in .data
+            return SimpleNamespace(data=json.dumps(_api_client.sanitize_for_serialization(answer)).encode())
 
         return call
 
@@ -109,13 +121,6 @@ class _Api:
 
     def _read_namespaced_job(self, name, namespace):
         return model(self._c.read("Job", namespace, name), "V1Job")
-
-    def _list_namespaced_job(self, namespace, label_selector=None):
-        return SimpleNamespace(
-            items=[
-                model(o, "V1Job") for o in self._c.of_kind("Job") if o["metadata"]["namespace"] == namespace and _matches(o, label_selector)
-            ]
-        )
 
     def _patch_namespaced_job(self, name, namespace, body):
         job = self._c.read("Job", namespace, name)
@@ -128,13 +133,6 @@ class _Api:
 
     def _create_namespaced_service_account(self, namespace, body):
         return self._c.create("ServiceAccount", namespace, body)
-
-    def _list_namespaced_pod(self, namespace, label_selector=None):
-        return SimpleNamespace(
-            items=[
-                model(o, "V1Pod") for o in self._c.of_kind("Pod") if o["metadata"]["namespace"] == namespace and _matches(o, label_selector)
-            ]
-        )
 
     def _list_namespaced_event(self, namespace, field_selector=None):
         wanted = dict(term.split("=", 1) for term in (field_selector or "").split(",") if term)

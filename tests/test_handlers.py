@@ -7,8 +7,10 @@ creates, what status it writes, which Events it posts, how it fails.
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
+import threading
 
 import kopf
 import pytest
@@ -19,6 +21,7 @@ from abtest_operator import handlers
 from abtest_operator.metrics import OperatorMetrics
 from abtest_operator.settings import OperatorConfig
 from abtest_operator.spec import load_manifest
+from abtest_operator.watched import Written
 from fake_kube import FakeCluster
 from helpers import ROOT
 
@@ -48,7 +51,13 @@ def cluster() -> FakeCluster:
 def memo(cluster) -> kopf.Memo:
     clients = handlers.Clients(batch=cluster.batch, core=cluster.core, custom=cluster.custom, rbac=cluster.rbac)
     return kopf.Memo(
-        clients=clients, config=OperatorConfig(image="registry.example/evaluator:test"), metrics=OperatorMetrics(), events=RecordedEvents()
+        clients=clients,
+        config=OperatorConfig(image="registry.example/evaluator:test"),
+        metrics=OperatorMetrics(),
+        events=RecordedEvents(),
+        claims=set(),
+        written=Written(),
+        locks=collections.defaultdict(threading.Lock),
     )
 
 
@@ -62,7 +71,7 @@ def apply_abtest(cluster: FakeCluster, mutate=None) -> dict:
 
 def reconcile(memo, cluster, abtest) -> dict:
     """One pass over the ABTest as stored now (kopf hands the handler the latest body)."""
-    return handlers.reconcile(memo, copy.deepcopy(cluster.get("ABTest", NS, abtest["metadata"]["name"])))
+    return handlers.reconcile(memo, copy.deepcopy(cluster.get("ABTest", NS, abtest["metadata"]["name"])), cluster.seen())
 
 
 def complete(cluster, name):
@@ -79,7 +88,8 @@ def test_first_pass_creates_the_claim_and_one_job_per_model(memo, cluster):
     assert [c["metadata"]["name"] for c in cluster.of_kind("PersistentVolumeClaim")] == ["abtest-results"]
     assert all(j["metadata"]["ownerReferences"][0]["uid"] == abtest["metadata"]["uid"] for j in cluster.of_kind("Job"))
     assert new["phase"] == "Pending" and cluster.get("ABTest", NS, abtest["metadata"]["name"])["status"]["phase"] == "Pending"
-    assert memo.events.posted[0] == ("Normal", "JobsCreated", "created digits-resnet-vs-vit-resnet, digits-resnet-vs-vit-vit")
+    message = "phase none -> Pending; created digits-resnet-vs-vit-resnet, digits-resnet-vs-vit-vit"
+    assert memo.events.posted == [("Normal", "JobsCreated", message)]  # one Event per pass: each is a request
 
 
 def test_a_pass_with_nothing_new_creates_nothing_and_writes_nothing(memo, cluster):
@@ -91,17 +101,17 @@ def test_a_pass_with_nothing_new_creates_nothing_and_writes_nothing(memo, cluste
     before = dict(cluster.calls)
     reconcile(memo, cluster, abtest)
     new_calls = {k: v - before.get(k, 0) for k, v in cluster.calls.items() if v != before.get(k, 0)}
-    assert new_calls == {"list_namespaced_job": 1}  # observe only: no pod list, no create, no status patch
-    assert len(cluster.of_kind("Job")) == 2 and memo.events.reasons() == ["JobsCreated", "Pending", "Running"]
+    assert new_calls == {}  # the watches hold everything a pass reads: no list, no create, no status patch
+    assert len(cluster.of_kind("Job")) == 2 and memo.events.reasons() == ["JobsCreated", "Running"]
 
 
 def test_already_exists_from_our_own_earlier_pass_is_success(memo, cluster):
     abtest = apply_abtest(cluster)
+    seen_before = cluster.seen()
     reconcile(memo, cluster, abtest)
-    # The list misses one of our Jobs (a stale cache, say): the create answers 409, the read shows it is ours.
-    cluster.get("Job", NS, "digits-resnet-vs-vit-vit")["metadata"]["labels"] = {}
-    reconcile(memo, cluster, abtest)
-    assert cluster.calls["create_namespaced_job"] == 3 and cluster.calls["read_namespaced_job"] == 1
+    # The watch has not delivered our Jobs yet: the creates answer 409, the read shows they are ours.
+    handlers.reconcile(memo, copy.deepcopy(cluster.get("ABTest", NS, abtest["metadata"]["name"])), seen_before)
+    assert cluster.calls["create_namespaced_job"] == 4 and cluster.calls["read_namespaced_job"] == 2
     assert len(cluster.of_kind("Job")) == 2
     status = cluster.get("ABTest", NS, abtest["metadata"]["name"])["status"]
     assert status["phase"] == "Pending" and "NameConflict" not in memo.events.reasons()
@@ -212,26 +222,28 @@ def test_terminal_phases_are_never_rederived(memo, cluster):
     abtest = apply_abtest(cluster)
     abtest["status"] = {"phase": "Succeeded", "result": {"winner": "resnet"}}
     calls = dict(cluster.calls)
-    assert handlers.reconcile(memo, abtest) == abtest["status"]
+    assert handlers.reconcile(memo, abtest, cluster.seen()) == abtest["status"]
     assert dict(cluster.calls) == calls and not cluster.of_kind("Job")  # nothing read, nothing created
 
 
-def test_a_pass_that_lost_the_race_writes_nothing_and_announces_nothing(memo, cluster):
+def test_a_pass_from_a_stale_read_never_overwrites_and_decides_again_from_the_stored_object(memo, cluster):
     abtest = apply_abtest(cluster)
-    stale = copy.deepcopy(abtest)
-    cluster.get("ABTest", NS, abtest["metadata"]["name"])["metadata"]["resourceVersion"] = "newer"
-    assert handlers.reconcile(memo, stale) == {}
-    assert cluster.get("ABTest", NS, abtest["metadata"]["name"]).get("status") is None
-    assert "JobsCreated" not in memo.events.reasons()
+    stale = copy.deepcopy(abtest)  # what the ABTest watch still shows
+    stored = cluster.get("ABTest", NS, abtest["metadata"]["name"])
+    stored["status"] = {"phase": "Failed", "reason": "written meanwhile"}
+    stored["metadata"]["resourceVersion"] = "newer"
+    assert handlers.reconcile(memo, stale, cluster.seen()) == {"phase": "Failed", "reason": "written meanwhile"}
+    assert cluster.calls["patch_namespaced_custom_object_status"] == 1  # the conditional patch failed; nothing else written
+    assert cluster.calls["get_namespaced_custom_object"] == 1 and stored["status"]["reason"] == "written meanwhile"
 
 
 def test_api_errors_propagate_for_kopf_to_retry_and_are_counted(memo, cluster):
     abtest = apply_abtest(cluster)
-    cluster.fail_next["list_namespaced_job"] = ApiException(status=503, reason="Service Unavailable")
+    cluster.fail_next["create_namespaced_job"] = ApiException(status=503, reason="Service Unavailable")
     with pytest.raises(ApiException):
-        handlers._guarded(memo, copy.deepcopy(abtest))
+        handlers._guarded(memo, copy.deepcopy(abtest), cluster.seen())
     assert memo.metrics.reconcile_errors.labels(NS)._value.get() == 1
-    handlers._guarded(memo, copy.deepcopy(abtest))  # the retry succeeds
+    handlers._guarded(memo, copy.deepcopy(abtest), cluster.seen())  # the retry succeeds
     assert len(cluster.of_kind("Job")) == 2
 
 
@@ -271,7 +283,7 @@ def test_leftover_jobs_of_a_failed_abtest_are_suspended_on_their_events(memo, cl
     cluster.get("ABTest", NS, abtest["metadata"]["name"])["status"] = {"phase": "Failed", "reason": "model resnet failed"}
     cluster.set_job_status("digits-resnet-vs-vit-vit", NS, {"active": 1})
     job = cluster.get("Job", NS, "digits-resnet-vs-vit-vit")
-    handlers.job_changed(body=kopf.Body(copy.deepcopy(job)), namespace=NS, memo=memo)
+    handlers.job_changed(body=kopf.Body(copy.deepcopy(job)), namespace=NS, memo=memo, **indexes(cluster))
     assert cluster.get("Job", NS, "digits-resnet-vs-vit-vit")["spec"]["suspend"] is True
     assert cluster.calls["create_namespaced_job"] == 2  # nothing re-created
 
@@ -295,3 +307,106 @@ def test_a_refused_image_fails_before_anything_is_created(memo, cluster):
     status = cluster.get("ABTest", NS, abtest["metadata"]["name"])["status"]
     assert status["phase"] == "Failed" and "spec.image 'docker.io/someone/else:latest' is not allowed" in status["reason"]
     assert not cluster.of_kind("Job") and memo.events.reasons() == ["InvalidSpec"]
+
+
+def test_a_job_without_a_pod_is_asked_why_only_after_the_grace_period(memo, cluster):
+    abtest = apply_abtest(cluster)
+    reconcile(memo, cluster, abtest)
+    job = cluster.get("Job", NS, "digits-resnet-vs-vit-vit")
+    cluster.add(
+        "Event",
+        {
+            "metadata": {"name": "vit.1", "namespace": NS},
+            "involvedObject": {"kind": "Job", "name": "digits-resnet-vs-vit-vit"},
+            "reason": "FailedCreate",
+            "message": 'pods "digits-resnet-vs-vit-vit-x" is forbidden: exceeded quota: gpus',
+            "lastTimestamp": "2026-11-27T12:00:05Z",
+        },
+    )
+    created = handlers.datetime.fromisoformat(job["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
+    young = handlers.reconcile(memo, cluster.get("ABTest", NS, "digits-resnet-vs-vit"), cluster.seen(), now=created)
+    assert cluster.calls["list_namespaced_event"] == 0 and not any(
+        c["type"] == "Stalled" and c["status"] == "True" for c in young["conditions"]
+    )
+    later = created + handlers.timedelta(seconds=handlers.POD_CREATE_GRACE_SECONDS)
+    old = handlers.reconcile(memo, copy.deepcopy(cluster.get("ABTest", NS, "digits-resnet-vs-vit")), cluster.seen(), now=later)
+    stalled = next(c for c in old["conditions"] if c["type"] == "Stalled")
+    assert (
+        stalled["status"] == "True" and "model vit: pod creation refused: " in stalled["message"] and "exceeded quota" in stalled["message"]
+    )
+
+
+def test_jobs_queued_for_kueue_are_created_suspended_and_are_not_stalls(memo, cluster):
+    abtest = apply_abtest(cluster, lambda m: m["spec"].update(queueName="team-queue"))
+    reconcile(memo, cluster, abtest)
+    assert all(j["spec"]["suspend"] is True for j in cluster.of_kind("Job"))
+    calls = dict(cluster.calls)
+    later = handlers.datetime.now(handlers.UTC) + handlers.timedelta(hours=1)
+    new = handlers.reconcile(memo, copy.deepcopy(cluster.get("ABTest", NS, abtest["metadata"]["name"])), cluster.seen(), now=later)
+    assert new["phase"] == "Pending" and dict(cluster.calls) == calls  # waiting in the queue: nothing asked, nothing written
+
+
+def test_a_whole_lifecycle_costs_the_operator_few_requests(memo, cluster):
+    """Every Job event of a two-model lifecycle, each handled as kopf would: the requests are the creates, one
+    status write per change and one Event per transition. (benchmarks/operator_scale.py measures the real count.)"""
+    abtest = apply_abtest(cluster)
+    handlers.abtest_changed(event={"type": "ADDED"}, body=kopf.Body(copy.deepcopy(abtest)), memo=memo, **indexes(cluster))
+
+    def job_event(name: str, job_status: dict) -> None:
+        cluster.set_job_status(name, NS, job_status)
+        handlers.job_changed(body=kopf.Body(copy.deepcopy(cluster.get("Job", NS, name))), namespace=NS, memo=memo, **indexes(cluster))
+
+    models = ("digits-resnet-vs-vit-resnet", "digits-resnet-vs-vit-vit")
+    for name in models + ("digits-resnet-vs-vit-analysis",):
+        if name.endswith("analysis"):
+            handlers.job_changed(body=kopf.Body(copy.deepcopy(cluster.get("Job", NS, name))), namespace=NS, memo=memo, **indexes(cluster))
+        job_event(name, {"active": 1, "startTime": "2026-11-27T12:01:00Z"})
+        job_event(name, {"active": 1, "ready": 1, "startTime": "2026-11-27T12:01:00Z"})
+        job_event(
+            name, {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": "2026-11-27T12:05:00Z"}]}
+        )
+    stored = cluster.get("ABTest", NS, abtest["metadata"]["name"])["status"]
+    assert stored["phase"] == "Succeeded" and cluster.calls["create_namespaced_job"] == 3
+    requests = sum(cluster.calls.values()) + len(memo.events.posted)
+    assert requests <= 18, (dict(cluster.calls), memo.events.posted)
+    assert memo.events.reasons() == ["JobsCreated", "Running", "JobsCreated", "Succeeded"]
+
+
+def indexes(cluster) -> dict:
+    seen = cluster.seen()
+    return {"abtest_jobs": seen.jobs, "abtest_pods": seen.pods, "abtests_by_uid": seen.abtests}
+
+
+def test_a_pass_before_the_watches_deliver_our_writes_repeats_none_of_them(memo, cluster):
+    """Job events arrive while the watches still show the ABTest and Jobs as they were before the last pass: the
+    operator's own writes (memo.written, like client-go's expectations) keep it from creating or writing twice."""
+    abtest = apply_abtest(cluster)
+    stale = dataclasses.replace(cluster.seen(), written=memo.written)  # the watches, frozen before the first pass
+    handlers._guarded(memo, copy.deepcopy(abtest), stale)
+    calls = dict(cluster.calls)
+    assert calls["create_namespaced_job"] == 2 and calls["patch_namespaced_custom_object_status"] == 1
+    handlers._guarded(memo, copy.deepcopy(abtest), stale)
+    assert dict(cluster.calls) == calls  # no 409s, no GET, no second status write
+    stored = cluster.get("ABTest", NS, abtest["metadata"]["name"])
+    assert stale.abtest(NS, stored["metadata"]["uid"])["metadata"]["resourceVersion"] == stored["metadata"]["resourceVersion"]
+
+
+def test_no_handler_makes_kopf_put_a_finalizer_on_abtests():
+    registry = kopf.get_default_registry()
+    assert not any(h.requires_finalizer for h in registry._spawning.get_all_handlers())
+    assert not any(getattr(h, "requires_finalizer", False) for h in registry._changing.get_all_handlers())
+
+
+def test_the_echo_of_our_own_write_starts_no_pass(memo, cluster):
+    abtest = apply_abtest(cluster)
+    handlers.abtest_changed(event={"type": "ADDED"}, body=kopf.Body(copy.deepcopy(abtest)), memo=memo, **indexes(cluster))
+    passes = memo.metrics.reconciles.labels(NS)._value.get()
+    job = cluster.get("Job", NS, "digits-resnet-vs-vit-vit")  # as the create answered: its ADDED event
+    handlers.job_changed(body=kopf.Body(copy.deepcopy(job)), namespace=NS, memo=memo, **indexes(cluster))
+    stored = cluster.get("ABTest", NS, abtest["metadata"]["name"])  # our status write, coming back
+    handlers.abtest_changed(event={"type": "MODIFIED"}, body=kopf.Body(copy.deepcopy(stored)), memo=memo, **indexes(cluster))
+    assert memo.metrics.reconciles.labels(NS)._value.get() == passes
+    cluster.set_job_status("digits-resnet-vs-vit-vit", NS, {"active": 1})  # the Job controller's write is news
+    job = cluster.get("Job", NS, "digits-resnet-vs-vit-vit")
+    handlers.job_changed(body=kopf.Body(copy.deepcopy(job)), namespace=NS, memo=memo, **indexes(cluster))
+    assert memo.metrics.reconciles.labels(NS)._value.get() == passes + 1

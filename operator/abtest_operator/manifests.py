@@ -127,6 +127,8 @@ def _job(spec: ABTestSpec, name: str, role: str, pod_spec: dict, model: str | No
             "spec": {"restartPolicy": "Never", **pod_spec},
         },
     }
+    if spec.queue_name:  # created suspended: Kueue admits (unsuspends) it when the queue has quota
+        job_spec["suspend"] = True
     if spec.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
     if spec.ttl_seconds_after_finished is not None:

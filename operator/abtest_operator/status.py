@@ -71,6 +71,12 @@ def _phase_of(job: dict, pod_message: str) -> JobState:
     return JobState("Pending", start=start)
 
 
+def all_ready(job: dict) -> bool:
+    """Whether every pod the Job wants is ready (a Job with no pod yet counts as one not ready)."""
+    st = job.get("status") or {}
+    return (st.get("ready") or 0) >= (st.get("active") or 1)
+
+
 def frozen_image(spec: ABTestSpec, model_jobs: dict[str, JobState], previous: dict, default_image: str) -> str:
     """The one evaluator image of this ABTest: what its first Job runs, once one exists (parity survives an operator
     upgrade mid-test), else what status recorded, else spec.image or the operator's image."""

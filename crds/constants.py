@@ -15,3 +15,8 @@ PREDICTIONS, METRICS = "predictions.parquet", "metrics.json"
 RESULT, REPORT = "result.json", "report.html"
 
 USER_ERROR_EXIT = 2  # `abtest` exits 2 on bad input: retrying cannot help
+
+# What the analysis decides (spec.analysis.hypothesis, abtest analyze --hypothesis): design.md §5.
+SUPERIORITY, NONINFERIORITY, EQUIVALENCE = "superiority", "noninferiority", "equivalence"
+HYPOTHESES = (SUPERIORITY, NONINFERIORITY, EQUIVALENCE)
+MCNEMAR_TESTS = ("auto", "exact", "midp", "chi2")

@@ -27,7 +27,9 @@ def status_result(result: dict) -> dict:
     return {
         "winner": result["winner"] or "none",
         "verdict": result["verdict"],
-        "pValue": format_p(best["p_value_adjusted"], best["p_value_text"].startswith("<")),
+        "pValue": best["p_value_adjusted_text"],
+        "hypothesis": result["hypothesis"]["name"],
+        **({"margin": result["hypothesis"]["margin"]} if result["hypothesis"]["margin"] is not None else {}),
         "significant": any(c["significant"] for c in result["comparisons"]),
         "alpha": result["alpha"],
         "method": result["method"],
@@ -46,8 +48,11 @@ def status_result(result: dict) -> dict:
                 "pValueAdjusted": c["p_value_adjusted"],
                 "significant": c["significant"],
                 "accuracyDiff": c["accuracy_diff"],
-                "ci95": c["ci95"],
+                "ci": c["ci"],
+                "ciLevel": c["ci_level"],
                 "method": c["method"],
+                "decision": c["decision"],
+                **({"marginPValue": c["margin_test"]["p_value_adjusted"]} if "margin_test" in c else {}),
             }
             for c in result["comparisons"]
         ],

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from abtest_api.constants import REPORT, RESULT
+from abtest_api.constants import EQUIVALENCE, HYPOTHESES, NONINFERIORITY, REPORT, RESULT, SUPERIORITY
 from abtest_api.errors import UserError
 from abtest_api.result import P_FLOOR, format_p
 from abtest_evaluator import results, stats
@@ -71,14 +71,17 @@ def model_summary(m: ModelData) -> dict:
     }
 
 
-def compare(a: ModelData, b: ModelData, test: str, alpha: float) -> dict:
+def compare(a: ModelData, b: ModelData, test: str, alpha: float, hypothesis: str = SUPERIORITY, margin: float | None = None) -> dict:
+    """One paired comparison of A (the reference, listed first) and B: McNemar, the paired interval at the level
+    the hypothesis decides with (1 - alpha, or 1 - 2 alpha for the one-sided margin tests), the discordant odds
+    ratio, the detectable effect, latency, and per-class tests."""
     table = stats.Table.from_correct(a.correct, b.correct)
     mc = stats.mcnemar_test(table, test)
-    lo, hi = stats.paired_diff_ci(table)
+    level = 1 - alpha if hypothesis == SUPERIORITY else 1 - 2 * alpha
+    lo, hi = stats.paired_diff_ci(table, level)
     n = table.n
-    mde = stats.min_detectable_diff(n, table.discordant / n, alpha)
     lat = stats.ratio_of_medians(np.asarray(a.metrics["latency"]["batches_ms"]), np.asarray(b.metrics["latency"]["batches_ms"]))
-    return {
+    out = {
         "a": a.name,
         "b": b.name,
         **stats.table_dict(table),
@@ -89,93 +92,179 @@ def compare(a: ModelData, b: ModelData, test: str, alpha: float) -> dict:
         "p_value_text": mc["p"].text,
         "log10_p_value": mc["p"].log10,
         "accuracy_diff": table.diff,
-        "ci95": [lo, hi],
-        "min_detectable_diff": mde,
+        "ci": [lo, hi],
+        "ci_level": level,
+        "odds_ratio": stats.discordant_odds_ratio(table, 1 - alpha),
         "latency_ratio": lat,
+        "per_class": stats.per_class(a.labels, a.correct, b.correct, alpha, test),
     }
+    if hypothesis != SUPERIORITY:
+        mt = stats.margin_test(table, hypothesis, margin, alpha)
+        out["margin_test"] = {"p_value": mt["p"].value, "p_value_text": mt["p"].text, "log10_p_value": mt["p"].log10}
+    return out
+
+
+def beaten(names: list[str], comparisons: list[dict]) -> dict[str, list[str]]:
+    """For each model, the models it is significantly more accurate than (after correction)."""
+    out = {name: [] for name in names}
+    for c in comparisons:
+        if c["significant"] and c["accuracy_diff"] != 0:
+            better, worse = (c["a"], c["b"]) if c["accuracy_diff"] > 0 else (c["b"], c["a"])
+            out[better].append(worse)
+    return out
 
 
 def pick_winner(names: list[str], comparisons: list[dict]) -> str | None:
     """The model significantly better than every other after correction, if one exists."""
-    for name in names:
-        beats = 0
-        for c in comparisons:
-            if c["significant"] and ((c["a"] == name and c["accuracy_diff"] > 0) or (c["b"] == name and c["accuracy_diff"] < 0)):
-                beats += 1
-        if beats == len(names) - 1:
-            return name
-    return None
+    return next((name for name, worse in beaten(names, comparisons).items() if len(worse) == len(names) - 1), None)
+
+
+def decide(c: dict, hypothesis: str, alpha: float) -> str:
+    """The comparison's decision in the contract's words (design.md §5)."""
+    if hypothesis == SUPERIORITY:
+        return ("a_better" if c["accuracy_diff"] > 0 else "b_better") if c["significant"] else "inconclusive"
+    holds = c["margin_test"]["p_value_adjusted"] <= alpha
+    return ({NONINFERIORITY: "noninferior", EQUIVALENCE: "equivalent"}[hypothesis]) if holds else "inconclusive"
 
 
 def verdict_sentence(result: dict) -> str:
     """One sentence; a winner is quoted with its weakest evidence (largest adjusted p against any rival)."""
     comps, alpha, winner = result["comparisons"], result["alpha"], result["winner"]
+    adjusted = " (Holm-adjusted)" if len(comps) > 1 else ""
+    hypothesis = result["hypothesis"]
+    if hypothesis["name"] != SUPERIORITY:
+        return " ".join(_margin_sentence(c, hypothesis, alpha, adjusted) for c in comps)
     if winner:
         quoted = max((c for c in comps if winner in (c["a"], c["b"])), key=lambda c: c["p_value_adjusted"])
-    else:
-        quoted = min(comps, key=lambda c: c["p_value_adjusted"])
-    p_text = format_p(quoted["p_value_adjusted"], quoted["p_value_text"].startswith("<"))
-    adjusted = " (Holm-adjusted)" if len(comps) > 1 else ""
-    if winner:
         better_than = "every other model" if len(comps) > 1 else (quoted["b"] if quoted["a"] == winner else quoted["a"])
-        return f"{winner} is better than {better_than}: McNemar p = {p_text}{adjusted}, significant at {alpha:g}."
-    return f"Not distinguishable at {alpha:g}: smallest McNemar p = {p_text}{adjusted}."
+        return f"{winner} is better than {better_than}: McNemar p = {quoted['p_value_adjusted_text']}{adjusted}, significant at {alpha:g}."
+    quoted = min(comps, key=lambda c: c["p_value_adjusted"])
+    wins = {name: worse for name, worse in beaten(list(result["models"]), comps).items() if worse}
+    if wins:  # some models beat others, but none beats all: say who beats whom
+        said = "; ".join(f"{name} beats {', '.join(worse)}" for name, worse in wins.items())
+        return f"No single best model at {alpha:g}: {said} (smallest McNemar p = {quoted['p_value_adjusted_text']}{adjusted})."
+    return f"Not distinguishable at {alpha:g}: smallest McNemar p = {quoted['p_value_adjusted_text']}{adjusted}."
 
 
-def power_warnings(comparisons: list[dict]) -> list[str]:
+def _margin_sentence(c: dict, hypothesis: dict, alpha: float, adjusted: str) -> str:
+    margin, level = hypothesis["margin"] * 100, c["ci_level"] * 100
+    worse_by = -c["ci"][1] * 100  # the lower bound of acc(B) - acc(A), in points
+    p = f"p = {c['margin_test']['p_value_adjusted_text']}{adjusted}"
+    if c["decision"] == "noninferior":
+        return (
+            f"{c['b']} is non-inferior to {c['a']} within {margin:g} points ({p}; at worst {-worse_by:+.2f} points, {level:g}% interval)."
+        )
+    if c["decision"] == "equivalent":
+        return f"{c['b']} is equivalent to {c['a']} within ±{margin:g} points ({p}; {level:g}% interval [{-c['ci'][1] * 100:+.2f}, {-c['ci'][0] * 100:+.2f}])."
+    what = "non-inferior" if hypothesis["name"] == NONINFERIORITY else "equivalent"
+    return (
+        f"{c['b']} is not shown {what} to {c['a']} within {margin:g} points at {alpha:g} ({p}): "
+        f"its accuracy may differ by {-c['ci'][1] * 100:+.2f} to {-c['ci'][0] * 100:+.2f} points ({level:g}% interval)."
+    )
+
+
+def power_warnings(comparisons: list[dict], alpha: float) -> list[str]:
+    """For each pair McNemar did not separate: the smallest difference it could have detected at 80% power, at
+    the alpha of Holm's first step (alpha / m) when m pairs share the family-wise alpha."""
     out = []
+    first_step = alpha / len(comparisons)
     for c in comparisons:
         if c["significant"]:
             continue
-        mde, observed = c["min_detectable_diff"], abs(c["accuracy_diff"])
-        pair = f"{c['a']} vs {c['b']}"
+        pair, discordant = f"{c['a']} vs {c['b']}", c["n10"] + c["n01"]
+        if discordant == 0:
+            out.append(f"{pair}: right and wrong on exactly the same samples (no discordant pairs); McNemar has nothing to compare")
+            continue
+        mde, observed = stats.min_detectable_diff(c["n"], discordant / c["n"], first_step), abs(c["accuracy_diff"])
         if mde is None:
             out.append(
-                f"{pair}: {c['n10'] + c['n01']} discordant pairs in n = {c['n']} cannot reach 80% power for any difference; evaluate more samples"
+                f"{pair}: {discordant} discordant pairs in n = {c['n']} cannot reach 80% power for any difference; evaluate more samples"
             )
         elif observed < mde:
             out.append(
-                f"{pair}: at n = {c['n']} with {c['n10'] + c['n01']} discordant pairs, only differences of at least "
+                f"{pair}: at n = {c['n']} with {discordant} discordant pairs, only differences of at least "
                 f"{mde * 100:.2f} points are detectable at 80% power (observed {observed * 100:.2f}); evaluate more samples to settle it"
             )
     return out
 
 
+def class_notes(comparisons: list[dict], class_names: list[str] | None) -> list[str]:
+    """The classes on which a model is significantly worse than the other (McNemar per class, Holm across classes)."""
+    notes = []
+    for c in comparisons:
+        for row in c["per_class"]:
+            if not row["significant"]:
+                continue
+            name = class_names[row["class"]] if class_names and row["class"] < len(class_names) else str(row["class"])
+            worse, better = (c["b"], c["a"]) if row["n10"] > row["n01"] else (c["a"], c["b"])
+            acc = {c["a"]: row["accuracy_a"], c["b"]: row["accuracy_b"]}
+            notes.append(
+                f"class {name}: {worse} is worse than {better} ({acc[worse] * 100:.1f}% vs {acc[better] * 100:.1f}% of {row['n']}, "
+                f"McNemar p = {format_p(row['p_value_adjusted'], row['p_value_text'].startswith('<'))} Holm-adjusted over classes)"
+            )
+    return notes
+
+
 def pareto_notes(comparisons: list[dict]) -> list[str]:
+    """A significantly more accurate model that is also slower, when the latency ratio's interval excludes 1."""
     notes = []
     for c in comparisons:
         if not c["significant"]:
             continue
         better, worse = (c["a"], c["b"]) if c["accuracy_diff"] > 0 else (c["b"], c["a"])
-        ratio = c["latency_ratio"]["estimate"] if better == c["a"] else 1 / c["latency_ratio"]["estimate"]
-        if ratio > 1:
+        lat = c["latency_ratio"]
+        ratio, (lo, hi) = lat["estimate"], lat["ci95"]
+        if better != c["a"]:
+            ratio, lo, hi = 1 / ratio, 1 / hi, 1 / lo
+        if lo > 1:
             notes.append(f"{better} is more accurate but {ratio:.2f}x slower per batch than {worse}: a trade-off, not a dominance")
     return notes
 
 
-def analyze(root: Path, alpha: float = 0.05, test: str = "auto", order: list[str] | None = None) -> dict:
-    return compare_models(load_models(root, order), alpha, test)
+def analyze(root: Path, alpha: float = 0.05, test: str = "auto", order: list[str] | None = None, **hypothesis) -> dict:
+    return compare_models(load_models(root, order), alpha, test, **hypothesis)
 
 
-def compare_models(models: list[ModelData], alpha: float, test: str) -> dict:
+def compare_models(models: list[ModelData], alpha: float, test: str, hypothesis: str = SUPERIORITY, margin: float | None = None) -> dict:
     if not 0 < alpha < 1:
         raise UserError(f"--alpha must be in (0, 1), got {alpha}")
+    if hypothesis not in HYPOTHESES:
+        raise UserError(f"--hypothesis must be one of {', '.join(HYPOTHESES)}, got {hypothesis!r}")
+    if hypothesis != SUPERIORITY and not (margin is not None and 0 < margin < 0.5):
+        raise UserError(f"--margin (accuracy as a fraction, e.g. 0.01 = 1 point) in (0, 0.5) is required for {hypothesis}, got {margin}")
     names = [m.name for m in models]
-    comparisons = [compare(a, b, test, alpha) for a, b in itertools.combinations(models, 2)]
+    # Superiority compares every pair; the margin hypotheses compare each candidate with the reference (listed first).
+    pairs = itertools.combinations(models, 2) if hypothesis == SUPERIORITY else ((models[0], m) for m in models[1:])
+    comparisons = [compare(a, b, test, alpha, hypothesis, margin) for a, b in pairs]
     adjusted, reject = stats.holm([c["p_value"] for c in comparisons], alpha)
     for c, p_adj, sig in zip(comparisons, adjusted, reject):
-        c["p_value_adjusted"] = max(p_adj, P_FLOOR)
-        c["significant"] = sig
+        c["p_value_adjusted"], c["significant"] = max(p_adj, P_FLOOR), sig
+        c["p_value_adjusted_text"] = format_p(c["p_value_adjusted"], c["p_value_text"].startswith("<"))
+    if hypothesis != SUPERIORITY:
+        adjusted, _ = stats.holm([c["margin_test"]["p_value"] for c in comparisons], alpha)
+        for c, p_adj in zip(comparisons, adjusted):
+            mt = c["margin_test"]
+            mt["p_value_adjusted"] = max(p_adj, P_FLOOR)
+            mt["p_value_adjusted_text"] = format_p(mt["p_value_adjusted"], mt["p_value_text"].startswith("<"))
+    for c in comparisons:
+        c["decision"] = decide(c, hypothesis, alpha)
     omnibus = stats.cochran_q(np.column_stack([m.correct for m in models]), alpha) if len(models) >= 3 else None
     summaries = {m.name: model_summary(m) for m in models}
     methods = sorted({c["method"] for c in comparisons})
+    method_names = {"exact": "exact binomial", "midp": "mid-p", "chi2": "chi-square with continuity correction"}
     result = {
         "alpha": alpha,
         "test": test,
+        "hypothesis": {"name": hypothesis, "margin": margin},
         "method": "McNemar ("
-        + ", ".join({"exact": "exact binomial", "chi2": "chi-square with continuity correction"}[m] for m in methods)
+        + ", ".join(method_names[m] for m in methods)
         + ")"
-        + (", Holm-adjusted, Cochran's Q omnibus" if omnibus else ""),
+        + (", Holm-adjusted, Cochran's Q omnibus" if omnibus else "")
+        + (
+            ""
+            if hypothesis == SUPERIORITY
+            else f"; {hypothesis} by the paired interval at {(1 - 2 * alpha) * 100:g}% (two one-sided tests)"
+        ),
         "ci_method": "Newcombe (1998) method 10 score interval for paired proportions",
         "fingerprint": models[0].metrics.get("fingerprint"),
         "n": int(len(models[0].correct)),
@@ -183,19 +272,20 @@ def compare_models(models: list[ModelData], alpha: float, test: str) -> dict:
         "comparisons": comparisons,
         "omnibus": omnibus,
         "winner": pick_winner(names, comparisons),
-        "warnings": collect_warnings(models) + power_warnings(comparisons),
-        "notes": pareto_notes(comparisons),
+        "warnings": collect_warnings(models) + power_warnings(comparisons, alpha),
+        "notes": pareto_notes(comparisons) + class_notes(comparisons, (models[0].metrics.get("dataset") or {}).get("classes")),
     }
     result["verdict"] = verdict_sentence(result)
     return result
 
 
-def run_analysis(root: Path, alpha: float = 0.05, test: str = "auto", order: list[str] | None = None) -> dict:
-    """Analyze and write result.json and report.html atomically; nothing is written on refusal."""
+def run_analysis(root: Path, alpha: float = 0.05, test: str = "auto", order: list[str] | None = None, **hypothesis) -> dict:
+    """Analyze and write result.json and report.html atomically; nothing is written on refusal.
+    ``hypothesis``: ``hypothesis=`` superiority (default) | noninferiority | equivalence, and ``margin=``."""
     from abtest_evaluator import report
 
     models = load_models(root, order)
-    result = compare_models(models, alpha, test)
+    result = compare_models(models, alpha, test, **hypothesis)
     html = report.render(result, {m.name: m.metrics for m in models})
     results.atomic_write_json(root / RESULT, result)
     results.atomic_write_bytes(root / REPORT, html.encode())

@@ -55,17 +55,58 @@ def _comparisons(result: dict) -> str:
             f"<tr><td>{a} right</td><td>{c['n11']}</td><td>{c['n10']}</td></tr>"
             f"<tr><td>{a} wrong</td><td>{c['n01']}</td><td>{c['n00']}</td></tr></table>"
         )
-        lat = c["latency_ratio"]
+        lat, odds = c["latency_ratio"], c["odds_ratio"]
         facts = (
-            f"accuracy {a} − {b}: <b>{c['accuracy_diff'] * 100:+.2f}</b> points, 95% CI "
-            f"[{c['ci95'][0] * 100:+.2f}, {c['ci95'][1] * 100:+.2f}]<br>"
+            f"accuracy {a} − {b}: <b>{c['accuracy_diff'] * 100:+.2f}</b> points, {c['ci_level'] * 100:g}% CI "
+            f"[{c['ci'][0] * 100:+.2f}, {c['ci'][1] * 100:+.2f}]<br>"
             f"McNemar ({c['method']}): statistic {c['statistic']:.3g}, p = {c['p_value_text']}"
-            + (f", Holm-adjusted p = {format_p(c['p_value_adjusted'])}" if len(result["comparisons"]) > 1 else "")
+            + (f", Holm-adjusted p = {c['p_value_adjusted_text']}" if len(result["comparisons"]) > 1 else "")
             + f" — <b>{'significant' if c['significant'] else 'not significant'}</b> at {result['alpha']:g}<br>"
-            f"latency ratio (median, {a}/{b}): {lat['estimate']:.2f} [{lat['ci95'][0]:.2f}, {lat['ci95'][1]:.2f}]"
+            + _margin_line(c, result)
+            + f"discordant odds ratio ({a} right/{b} wrong : the reverse): {_num(odds['estimate'])} "
+            f"[{_num(odds['ci'][0])}, {_num(odds['ci'][1])}] (exact, {odds['ci_level'] * 100:g}%)<br>"
+            f"latency ratio (median, {a}/{b}): {lat['estimate']:.2f} [{lat['ci95'][0]:.2f}, {lat['ci95'][1]:.2f}]" + _per_class(c, result)
         )
         parts.append(f"<h3>{a} vs {b}</h3><div class='pair'>{contingency}</div><div class='pair'>{facts}</div>")
     return "".join(parts)
+
+
+def _num(x: float | None) -> str:
+    return "∞" if x is None else f"{x:.3g}"
+
+
+def _margin_line(c: dict, result: dict) -> str:
+    if "margin_test" not in c:
+        return ""
+    h, mt = result["hypothesis"], c["margin_test"]
+    return (
+        f"{h['name']} within {h['margin'] * 100:g} points: p = {mt['p_value_adjusted_text']}"
+        + (" (Holm-adjusted)" if len(result["comparisons"]) > 1 else "")
+        + f" — <b>{c['decision']}</b><br>"
+    )
+
+
+def _per_class(c: dict, result: dict) -> str:
+    """The classes whose McNemar test is significant after Holm across classes, else the three smallest p."""
+    rows = sorted(c["per_class"], key=lambda r: r["p_value_adjusted"])
+    shown = [r for r in rows if r["significant"]] or rows[:3]
+    if not shown:
+        return ""
+    body = [
+        [
+            str(r["class"]),
+            str(r["n"]),
+            f"{r['accuracy_a'] * 100:.1f}%",
+            f"{r['accuracy_b'] * 100:.1f}%",
+            f"{r['n10']}/{r['n01']}",
+            format_p(r["p_value_adjusted"], r["p_value_text"].startswith("<")) + (" *" if r["significant"] else ""),
+        ]
+        for r in shown
+    ]
+    caption = "significant per-class differences" if shown[0]["significant"] else "no class differs significantly; the closest"
+    return f"<br>{caption} (McNemar per class, Holm over {len(rows)} classes):" + _table(
+        ["class", "n", c["a"], c["b"], "n10/n01", "p (Holm)"], body
+    )
 
 
 def render(result: dict, metrics: dict[str, dict]) -> str:
@@ -114,9 +155,9 @@ def text_table(result: dict) -> str:
     for c in result["comparisons"]:
         lines.append(
             f"{c['a']} vs {c['b']}: diff {c['accuracy_diff'] * 100:+.2f} pts "
-            f"[{c['ci95'][0] * 100:+.2f}, {c['ci95'][1] * 100:+.2f}], n01={c['n01']} n10={c['n10']}, "
+            f"[{c['ci'][0] * 100:+.2f}, {c['ci'][1] * 100:+.2f}], n01={c['n01']} n10={c['n10']}, "
             f"McNemar {c['method']} p = {c['p_value_text']}"
-            + (f" (Holm {format_p(c['p_value_adjusted'])})" if len(result["comparisons"]) > 1 else "")
+            + (f" (Holm {c['p_value_adjusted_text']})" if len(result["comparisons"]) > 1 else "")
             + (" *" if c["significant"] else "")
         )
     if result["omnibus"]:

@@ -15,6 +15,7 @@ from statsmodels.stats.contingency_tables import cochrans_q, mcnemar
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
+from abtest_api.constants import MCNEMAR_TESTS
 from abtest_api.result import P_FLOOR, format_p
 
 EXACT_BELOW = 25  # auto: exact binomial test below this many discordant pairs (the usual rule of thumb)
@@ -87,20 +88,28 @@ def chi2_logsf(x: float, df: int) -> float:
 
 
 def mcnemar_test(table: Table, test: str = "auto") -> dict:
-    """McNemar's test via statsmodels. ``auto``: exact binomial below EXACT_BELOW discordant pairs, else chi2 with continuity correction."""
-    if test not in ("auto", "exact", "chi2"):
-        raise ValueError(f"test must be auto, exact or chi2, not {test!r}")
-    exact = test == "exact" or (test == "auto" and table.discordant < EXACT_BELOW)
-    if table.discordant == 0:  # no evidence either way; chi2 would divide by zero
-        return {"method": "exact" if exact else "chi2", "statistic": 0.0, "p": PValue(1.0, 0.0, False)}
-    res = mcnemar(table.matrix(), exact=exact, correction=True)
-    if exact:
-        k, m = min(table.n10, table.n01), table.discordant
-        # log P(X <= k) summed in log space: binom.logcdf is log(cdf) and underflows to -inf
-        log_p = min(0.0, math.log(2) + float(special.logsumexp(stats.binom.logpmf(np.arange(k + 1), m, 0.5))))
-    else:
-        log_p = chi2_logsf(res.statistic, 1)
-    return {"method": "exact" if exact else "chi2", "statistic": float(res.statistic), "p": _p_value(float(res.pvalue), float(log_p))}
+    """McNemar's test. ``auto``: exact binomial below EXACT_BELOW discordant pairs, else chi-square with continuity
+    correction (statsmodels); ``midp``: the exact test's mid-p, which Fagerland, Lydersen & Laake (2013, BMC Medical
+    Research Methodology 13:91) recommend for its size close to alpha without the exact test's conservatism."""
+    if test not in MCNEMAR_TESTS:
+        raise ValueError(f"test must be one of {', '.join(MCNEMAR_TESTS)}, not {test!r}")
+    method = "exact" if test == "auto" and table.discordant < EXACT_BELOW else ("chi2" if test == "auto" else test)
+    if table.discordant == 0 or (method == "chi2" and table.n10 == table.n01):
+        # No evidence either way. (chi2 with b = c: R's mcnemar.test corrects only when b != c, so 0 and p = 1;
+        # statsmodels would report (0 - 1)^2 / (b + c) > 0.)
+        return {"method": method, "statistic": 0.0, "p": PValue(1.0, 0.0, False)}
+    if method == "chi2":
+        res = mcnemar(table.matrix(), exact=False, correction=True)
+        return {"method": method, "statistic": float(res.statistic), "p": _p_value(float(res.pvalue), chi2_logsf(res.statistic, 1))}
+    k, m = min(table.n10, table.n01), table.discordant
+    log_pmf = stats.binom.logpmf(np.arange(k + 1), m, 0.5)
+    # log P(X <= k) summed in log space: binom.logcdf is log(cdf) and underflows to -inf
+    log_tail = float(special.logsumexp(log_pmf))
+    if method == "exact":
+        log_p = min(0.0, math.log(2) + log_tail)
+    else:  # mid-p: 2 * (P(X <= k) - P(X = k) / 2) = P(X <= k - 1) * 2 + P(X = k)
+        log_p = min(0.0, float(special.logsumexp([math.log(2) + log_tail, float(log_pmf[-1])], b=[1, -1])))
+    return {"method": method, "statistic": float(k), "p": _p_value(math.exp(log_p), log_p)}
 
 
 def paired_diff_ci(table: Table, level: float = 0.95) -> tuple[float, float]:
@@ -109,8 +118,12 @@ def paired_diff_ci(table: Table, level: float = 0.95) -> tuple[float, float]:
     Newcombe, "Improved confidence intervals for the difference between binomial proportions based on
     paired data", Statistics in Medicine 17:2635-2650. Fast (closed form) and well-behaved near 0 and 1.
     """
+    return _newcombe(table, 1 - level)
+
+
+def _newcombe(table: Table, alpha: float) -> tuple[float, float]:
+    """paired_diff_ci at level 1 - alpha (alpha as given: 1 - (1 - 1e-300) would be 0)."""
     a, b, c, d, n = table.n11, table.n10, table.n01, table.n00, table.n
-    alpha = 1 - level
     p1, p2 = (a + b) / n, (a + c) / n
     l1, u1 = proportion_confint(a + b, n, alpha=alpha, method="wilson")
     l2, u2 = proportion_confint(a + c, n, alpha=alpha, method="wilson")
@@ -126,10 +139,99 @@ def paired_diff_ci(table: Table, level: float = 0.95) -> tuple[float, float]:
     return max(-1.0, theta - delta), min(1.0, theta + epsilon)
 
 
+def _bound_crosses(table: Table, margin: float, upper: bool) -> float:
+    """The one-sided p-value at which the paired interval's upper (or lower) bound of acc(A) - acc(B) reaches
+    ``margin``: the interval at level 1 - 2p is inverted (Newcombe's method 10 above), so "p < alpha" is exactly
+    "the 1 - 2 alpha interval excludes the margin". H0 is acc(A) - acc(B) >= margin (upper) or <= margin (lower)."""
+    theta = table.diff
+
+    def bound(p: float) -> float:
+        lo, hi = _newcombe(table, 2 * p)
+        return hi if upper else lo
+
+    beyond = theta < margin if upper else theta > margin  # the estimate is on the alternative's side
+    if not beyond:  # p >= 1/2: mirror through the other bound
+        if theta == margin:
+            return 0.5
+        return 1 - _bound_crosses(table, margin, not upper)
+    gap = (lambda p: bound(p) - margin) if upper else (lambda p: margin - bound(p))
+    if gap(P_FLOOR) < 0:  # even the 1 - 2e-300 interval excludes the margin: reported as the bound
+        return 0.0
+    return float(optimize.brentq(gap, P_FLOOR, 0.5 - 1e-12, xtol=1e-15, rtol=1e-12))  # level 0 is a point: stop short
+
+
+def margin_test(table: Table, hypothesis: str, margin: float, alpha: float) -> dict:
+    """Non-inferiority or equivalence of candidate B to reference A within ``margin`` (accuracy as a fraction),
+    decided from the paired interval at level 1 - 2 alpha (two one-sided tests, Schuirmann 1987).
+
+    noninferiority: H0 acc(B) <= acc(A) - margin. equivalence: H0 |acc(B) - acc(A)| >= margin, p the larger
+    of the two one-sided p-values."""
+    if not 0 < margin < 0.5:
+        raise ValueError(f"margin must be in (0, 0.5), got {margin}")
+    lo, hi = paired_diff_ci(table, level=1 - 2 * alpha)
+    p_worse = _bound_crosses(table, margin, upper=True)  # H0: A better by >= margin
+    if hypothesis == "noninferiority":
+        p, holds = p_worse, hi < margin
+    elif hypothesis == "equivalence":
+        p = max(p_worse, _bound_crosses(table, -margin, upper=False))  # and H0: B better by >= margin
+        holds = hi < margin and lo > -margin
+    else:
+        raise ValueError(f"hypothesis must be noninferiority or equivalence, not {hypothesis!r}")
+    value = _p_value(p, math.log(p)) if p > 0 else PValue(P_FLOOR, math.log10(P_FLOOR), True)
+    return {"p": value, "ci": [lo, hi], "ci_level": 1 - 2 * alpha, "holds": holds}
+
+
+def discordant_odds_ratio(table: Table, level: float = 0.95) -> dict:
+    """n10 / n01, the paired odds ratio (A right and B wrong over A wrong and B right), with the exact conditional
+    interval: Clopper-Pearson on n10 / (n10 + n01), mapped through p / (1 - p) (Breslow & Day 1980, 7.6).
+    Infinite values are None (JSON has no infinity)."""
+    m = table.discordant
+    if m == 0:
+        return {"estimate": None, "ci": [None, None], "ci_level": level}
+    lo, hi = proportion_confint(table.n10, m, alpha=1 - level, method="beta")
+
+    def odds(p: float) -> float | None:
+        return None if p >= 1 else float(p / (1 - p))
+
+    return {"estimate": odds(table.n10 / m), "ci": [odds(lo), odds(hi)], "ci_level": level}
+
+
+def per_class(labels: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float, test: str = "auto") -> list[dict]:
+    """McNemar per true class (the samples of that class only), Holm across the classes that have discordant pairs."""
+    n_classes = int(labels.max()) + 1 if len(labels) else 0
+    count = np.bincount(labels, minlength=n_classes)
+    n10 = np.bincount(labels, weights=a & ~b, minlength=n_classes).astype(int)
+    n01 = np.bincount(labels, weights=~a & b, minlength=n_classes).astype(int)
+    right_a = np.bincount(labels, weights=a, minlength=n_classes).astype(int)
+    right_b = np.bincount(labels, weights=b, minlength=n_classes).astype(int)
+    rows = []
+    for k in np.flatnonzero(n10 + n01):
+        both = int(right_a[k] - n10[k])
+        t = Table(both, int(n10[k]), int(n01[k]), int(count[k] - both - n10[k] - n01[k]))
+        res = mcnemar_test(t, test)
+        rows.append(
+            {
+                "class": int(k),
+                "n": int(count[k]),
+                "accuracy_a": float(right_a[k] / count[k]),
+                "accuracy_b": float(right_b[k] / count[k]),
+                "n10": t.n10,
+                "n01": t.n01,
+                "p_value": res["p"].value,
+                "p_value_text": res["p"].text,
+            }
+        )
+    if rows:
+        adjusted, reject = holm([r["p_value"] for r in rows], alpha)
+        for r, p_adj, sig in zip(rows, adjusted, reject):
+            r["p_value_adjusted"], r["significant"] = max(p_adj, P_FLOOR), sig
+    return rows
+
+
 def holm(p_values: list[float], alpha: float) -> tuple[list[float], list[bool]]:
     """Holm-adjusted p-values and rejections (statsmodels' multipletests, method='holm')."""
-    if len(p_values) == 1:
-        return list(p_values), [p_values[0] < alpha]
+    if len(p_values) == 1:  # multipletests' boundary: reject when p <= alpha
+        return list(p_values), [p_values[0] <= alpha]
     reject, adjusted, _, _ = multipletests(p_values, alpha=alpha, method="holm")
     return [float(p) for p in adjusted], [bool(r) for r in reject]
 
@@ -170,8 +272,10 @@ def min_detectable_diff(n: int, discordant_rate: float, alpha: float, power: flo
 
 
 def ratio_of_medians(a: np.ndarray, b: np.ndarray, seed: int = 0, resamples: int = 2000, max_points: int = 20000) -> dict:
-    """median(a) / median(b) with a percentile-bootstrap 95% interval (large inputs are subsampled first)."""
+    """median(a) / median(b) over every batch, with a percentile-bootstrap 95% interval (the bootstrap alone
+    subsamples large inputs to ``max_points``: its cost is resamples x points)."""
     rng = np.random.default_rng(seed)
+    estimate = float(np.median(a) / np.median(b))
     if len(a) > max_points:
         a = rng.choice(a, max_points, replace=False)
     if len(b) > max_points:
@@ -184,7 +288,7 @@ def ratio_of_medians(a: np.ndarray, b: np.ndarray, seed: int = 0, resamples: int
         mb = np.median(rng.choice(b, (m, len(b))), axis=1)
         ratios[start : start + m] = ma / mb
     lo, hi = np.percentile(ratios, [2.5, 97.5])
-    return {"estimate": float(np.median(a) / np.median(b)), "ci95": [float(lo), float(hi)]}
+    return {"estimate": estimate, "ci95": [float(lo), float(hi)]}
 
 
 def table_dict(table: Table) -> dict:

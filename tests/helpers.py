@@ -66,6 +66,10 @@ INVALID_SPECS = {
     "negative deadline": lambda s: s.update(activeDeadlineSeconds=-1),
     "mean/std": lambda s: s["models"][0].update(mean=[0.5], std=[0.5, 0.5]),
     "reserved model name": lambda s: s["models"][1].update(name="analysis"),
+    "noninferiority without margin": lambda s: s.update(analysis={"hypothesis": "noninferiority"}),
+    "margin with superiority": lambda s: s.update(analysis={"margin": 0.01}),
+    "margin 0.5": lambda s: s.update(analysis={"hypothesis": "equivalence", "margin": 0.5}),
+    "unknown hypothesis": lambda s: s.update(analysis={"hypothesis": "better"}),
 }
 
 
@@ -76,6 +80,7 @@ def result_json(winner="a", name_b="b", p=0.01) -> dict:
         "winner": winner,
         "verdict": "a is better than b",
         "alpha": 0.05,
+        "hypothesis": {"name": "superiority", "margin": None},
         "method": "McNemar (exact binomial)",
         "n": 100,
         "models": {"a": model, name_b: model},
@@ -90,10 +95,13 @@ def result_json(winner="a", name_b="b", p=0.01) -> dict:
                 "p_value": p,
                 "p_value_text": f"{p:.3g}",
                 "p_value_adjusted": p,
+                "p_value_adjusted_text": f"{p:.3g}",
                 "significant": True,
                 "accuracy_diff": 0.08,
-                "ci95": [0.02, 0.14],
+                "ci": [0.02, 0.14],
+                "ci_level": 0.95,
                 "method": "exact",
+                "decision": "a_better",
             }
         ],
     }

@@ -17,6 +17,7 @@ from statsmodels.stats.contingency_tables import cochrans_q, mcnemar
 from statsmodels.stats.multitest import multipletests
 
 from abtest_api.errors import UserError
+from abtest_api.result import check_status_result, status_result
 from abtest_evaluator import results
 from abtest_evaluator.analysis import analyze, run_analysis
 from helpers import ROOT, abtest_cli, read_json, result_json
@@ -56,7 +57,7 @@ def test_analyze_cli_matches_statsmodels(evaluated, tmp_path):
     (comp,) = result["comparisons"]
     assert (comp["a"], comp["b"], comp["n01"], comp["n10"]) == (a, b, n01, n10)
     assert comp["p_value"] == pytest.approx(pvals[0], rel=1e-9) and comp["p_value_adjusted"] == comp["p_value"]
-    assert comp["accuracy_diff"] == pytest.approx(diff) and comp["ci95"][0] <= diff <= comp["ci95"][1]
+    assert comp["accuracy_diff"] == pytest.approx(diff) and comp["ci"][0] <= diff <= comp["ci"][1] and comp["ci_level"] == 0.95
     assert result["winner"] == ("resnet" if pvals[0] < 0.05 and diff > 0 else "vit" if pvals[0] < 0.05 else None)
     assert result["omnibus"] is None and result["fingerprint"] == read_json(root / "resnet" / "metrics.json")["fingerprint"]
     assert result["models"]["resnet"]["n"] == 360
@@ -341,6 +342,8 @@ def test_examples_validate():
     two = parse_abtest(load_manifest(ROOT / "examples" / "abtest-digits.yaml"))
     three = parse_abtest(load_manifest(ROOT / "examples" / "abtest-digits-3way.yaml"))
     assert len(two.models) == 2 and len(three.models) == 3 and two.alpha == 0.05
+    noninferior = parse_abtest(load_manifest(ROOT / "examples" / "abtest-digits-noninferior.yaml"))
+    assert (noninferior.hypothesis, noninferior.margin) == ("noninferiority", 0.1)
 
 
 def test_readme_quickstart_output_is_what_a_fresh_run_prints(tmp_path):
@@ -420,3 +423,137 @@ def test_different_images_or_versions_are_warned_about():
     warned = collect_warnings([model("a", "e:1", "2.9"), model("b", "e:2", "2.10")])
     assert any("different evaluator images (a: e:1, b: e:2)" in w for w in warned)
     assert any("different library versions" in w for w in warned)
+
+
+# --- hypotheses, verdict wording, notes (issue "Statistics that answer the questions users ask") -------------
+
+
+def synthetic(name: str, correct: np.ndarray, labels: np.ndarray, batch_ms: float = 10.0, seed: int = 0):
+    """A ModelData as load_models returns it, for verdict and note tests that need exact counts."""
+    from abtest_evaluator.results import ModelData
+
+    batches = np.random.default_rng(seed).normal(batch_ms, batch_ms / 50, 200).tolist()
+    metrics = {
+        "device": {"type": "cpu", "name": "x"},
+        "image": "e:1",
+        "versions": {},
+        "weights": "checkpoint",
+        "throughput": 100.0,
+        "ece": 0.01,
+        "latency": {"batch_ms": {"p50": batch_ms, "p95": batch_ms}, "batches_ms": batches},
+        "dataset": {"classes": [f"c{k}" for k in range(10)]},
+    }
+    return ModelData(name, metrics, labels, correct, np.full(len(correct), 0.9))
+
+
+def outcomes(n: int, acc: float, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random(n) < acc
+
+
+def test_several_models_beating_the_rest_but_not_each_other_are_named():
+    """C and D both beat A (p ~ 1e-50) but not each other: not "not distinguishable"."""
+    from abtest_evaluator.analysis import compare_models
+
+    n, labels = 4000, np.arange(4000) % 10
+    a, c = outcomes(n, 0.60, 1), outcomes(n, 0.90, 2)
+    d = c.copy()
+    d[:3] = ~d[:3]  # D differs from C on three samples only
+    result = compare_models([synthetic("A", a, labels), synthetic("C", c, labels), synthetic("D", d, labels)], 0.05, "auto")
+    assert result["winner"] is None
+    assert result["verdict"].startswith("No single best model at 0.05: C beats A; D beats A")
+
+
+def test_noninferiority_verdict_in_words_with_the_interval_at_one_minus_two_alpha():
+    from abtest_evaluator.analysis import compare_models
+
+    n, labels = 20000, np.arange(20000) % 10
+    ref = outcomes(n, 0.90, 1)
+    cand = ref.copy()
+    cand[np.flatnonzero(ref)[:400]] = False  # 400 samples lost, 400 gained: the same accuracy
+    cand[np.flatnonzero(~ref)[:400]] = True
+    result = compare_models([synthetic("big", ref, labels), synthetic("small", cand, labels)], 0.05, "auto", "noninferiority", 0.01)
+    (c,) = result["comparisons"]
+    assert (
+        c["ci_level"] == pytest.approx(0.90)
+        and c["decision"] == "noninferior"
+        and result["hypothesis"]
+        == {
+            "name": "noninferiority",
+            "margin": 0.01,
+        }
+    )
+    assert result["verdict"].startswith(f"small is non-inferior to big within 1 points (p = {c['margin_test']['p_value_adjusted_text']};")
+    strict = compare_models([synthetic("big", ref, labels), synthetic("small", cand, labels)], 0.05, "auto", "equivalence", 0.001)
+    assert strict["comparisons"][0]["decision"] == "inconclusive" and "is not shown equivalent to big" in strict["verdict"]
+    status = status_result(result)
+    assert status["hypothesis"] == "noninferiority" and status["comparisons"][0]["decision"] == "noninferior"
+    assert check_status_result(status) is status
+
+
+def test_a_margin_is_required_for_the_margin_hypotheses():
+    from abtest_evaluator.analysis import compare_models
+
+    models = [synthetic("a", outcomes(100, 0.9, 1), np.zeros(100, int)), synthetic("b", outcomes(100, 0.9, 2), np.zeros(100, int))]
+    with pytest.raises(UserError, match=r"--margin .* is required for equivalence"):
+        compare_models(models, 0.05, "auto", "equivalence", None)
+
+
+def test_identical_predictions_get_no_advice_to_evaluate_more():
+    from abtest_evaluator.analysis import compare_models
+
+    same = outcomes(500, 0.8, 1)
+    result = compare_models([synthetic("a", same, np.zeros(500, int)), synthetic("b", same.copy(), np.zeros(500, int))], 0.05, "auto")
+    assert not any("evaluate more" in w for w in result["warnings"])
+    assert any("right and wrong on exactly the same samples" in w for w in result["warnings"])
+
+
+def test_trade_off_note_only_when_the_latency_interval_excludes_one():
+    from abtest_evaluator.analysis import compare_models
+
+    n, labels = 3000, np.zeros(3000, int)
+    good, bad = outcomes(n, 0.95, 1), outcomes(n, 0.70, 2)
+    same_speed = compare_models([synthetic("a", good, labels, 10.0, 1), synthetic("b", bad, labels, 10.0, 2)], 0.05, "auto")
+    assert not any("slower" in note for note in same_speed["notes"])
+    slower = compare_models([synthetic("a", good, labels, 20.0, 1), synthetic("b", bad, labels, 10.0, 2)], 0.05, "auto")
+    assert any(note.startswith("a is more accurate but 2.00x slower per batch than b") for note in slower["notes"])
+
+
+def test_a_class_that_got_worse_is_named():
+    from abtest_evaluator.analysis import compare_models
+
+    n = 5000
+    labels = np.arange(n) % 10
+    a = outcomes(n, 0.9, 1)
+    b = a.copy()
+    worse = (labels == 3) & (np.random.default_rng(2).random(n) < 0.5)
+    b[worse] = False
+    result = compare_models([synthetic("a", a, labels), synthetic("b", b, labels)], 0.05, "auto")
+    (note,) = [x for x in result["notes"] if x.startswith("class ")]
+    assert note.startswith("class c3: b is worse than a (") and "Holm-adjusted over classes" in note
+    assert [r["class"] for r in result["comparisons"][0]["per_class"]] == [3]
+
+
+def test_power_warning_uses_holms_first_step_alpha_for_several_pairs():
+    from abtest_evaluator import stats
+    from abtest_evaluator.analysis import power_warnings
+
+    pair = {"a": "x", "b": "y", "significant": False, "n": 1000, "n10": 30, "n01": 20, "accuracy_diff": 0.001}
+    (one,) = power_warnings([pair], 0.05)
+    three = power_warnings([pair, dict(pair, a="z"), dict(pair, b="w")], 0.05)
+    assert f"{stats.min_detectable_diff(1000, 0.05, 0.05) * 100:.2f} points" in one
+    assert f"{stats.min_detectable_diff(1000, 0.05, 0.05 / 3) * 100:.2f} points" in three[0]
+
+
+def test_analyze_cli_decides_non_inferiority_and_refuses_a_missing_margin(evaluated, tmp_path):
+    root = copy_results(evaluated, tmp_path / "r")
+    proc = abtest_cli("analyze", root, "--hypothesis", "noninferiority", "--models", "resnet,vit")
+    assert proc.returncode == 2 and "--margin" in proc.stderr and not (root / "result.json").exists()
+    proc = abtest_cli("analyze", root, "--hypothesis", "noninferiority", "--margin", "0.5", "--models", "resnet,vit")
+    assert proc.returncode == 2 and "--margin" in proc.stderr
+    proc = abtest_cli("analyze", root, "--hypothesis", "noninferiority", "--margin", "0.49", "--test", "midp", "--models", "resnet,vit")
+    assert proc.returncode == 0, proc.stderr
+    result = read_json(root / "result.json")
+    (c,) = result["comparisons"]
+    assert result["hypothesis"] == {"name": "noninferiority", "margin": 0.49} and c["method"] == "midp"
+    assert c["decision"] == "noninferior" and result["verdict"].startswith("vit is non-inferior to resnet within 49 points")
+    assert check_status_result(status_result(result))["comparisons"][0]["decision"] == "noninferior"

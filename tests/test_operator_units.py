@@ -2,6 +2,7 @@
 
 import copy
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -98,7 +99,7 @@ def test_cpu_device_requests_no_gpu_and_parity_fields_apply_to_all():
         assert "nvidia.com/gpu" not in pod["containers"][0]["resources"].get("limits", {})
         assert pod["containers"][0]["resources"]["limits"]["cpu"] == "2"
         assert pod["nodeSelector"] == {"pool": "a100"} and pod["tolerations"][0]["key"] == "gpu"
-        assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-queue"
+        assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-queue" and job["spec"]["suspend"] is True
         assert job["spec"]["activeDeadlineSeconds"] == 600
 
 
@@ -274,6 +275,10 @@ LOCAL_MESSAGES = {
     "negative deadline": "spec.activeDeadlineSeconds",
     "mean/std": "mean and std",
     "reserved model name": "spec.models[1].name 'analysis' is reserved",
+    "noninferiority without margin": "spec.analysis.margin (accuracy as a fraction, e.g. 0.01 = 1 point) is required",
+    "margin with superiority": "and not allowed with superiority",
+    "margin 0.5": "spec.analysis.margin",
+    "unknown hypothesis": "spec.analysis.hypothesis",
 }
 
 
@@ -324,15 +329,18 @@ def test_already_exists_counts_as_created_only_for_our_own_objects():
     from abtest_api.errors import NameConflict
     from abtest_operator.handlers import create_if_missing
 
-    def exists(namespace, body):
+    def exists(namespace, body, **_):
         raise ApiException(status=409, reason="AlreadyExists")
+
+    def created(namespace, body, _preload_content=True):  # the raw HTTP answer: its JSON in .data
+        return SimpleNamespace(data=json.dumps(body).encode())
 
     def read_owned_by(uid):
         return lambda name, namespace: SimpleNamespace(metadata=SimpleNamespace(owner_references=[SimpleNamespace(uid=uid)]))
 
     job = {"kind": "Job", "metadata": {"name": "a-b-c", "ownerReferences": [{"uid": "mine"}]}}
-    assert create_if_missing(lambda ns, body: None, "ns", job, read_owned_by("mine")) is True
-    assert create_if_missing(exists, "ns", job, read_owned_by("mine")) is False
+    assert create_if_missing(created, "ns", job, read_owned_by("mine")) == job  # the API server's answer, as a dict
+    assert create_if_missing(exists, "ns", job, read_owned_by("mine")) is None
     with pytest.raises(NameConflict, match="Job ns/a-b-c already exists and belongs to something else"):
         create_if_missing(exists, "ns", job, read_owned_by("theirs"))
 
@@ -413,11 +421,12 @@ def test_status_patches_are_conditional_on_the_version_the_pass_read():
         sent.append(body)
         if body["metadata"]["resourceVersion"] != "7":
             raise ApiException(status=409, reason="Conflict")
+        return {"metadata": {"resourceVersion": "8"}, "status": body["status"]}
 
     clients = SimpleNamespace(custom=SimpleNamespace(patch_namespaced_custom_object_status=patch))
     meta = {"namespace": "ns", "name": "t", "resourceVersion": "7"}
-    assert patch_status(clients, meta, {"phase": "Failed"}) is True
-    assert patch_status(clients, dict(meta, resourceVersion="6"), {"phase": "Pending"}) is False
+    assert patch_status(clients, meta, {"phase": "Failed"})["metadata"]["resourceVersion"] == "8"  # the ABTest as written
+    assert patch_status(clients, dict(meta, resourceVersion="6"), {"phase": "Pending"}) is None
     assert [b["status"]["phase"] for b in sent] == ["Failed", "Pending"]
 
 

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from abtest_api.constants import HYPOTHESES, MCNEMAR_TESTS, SUPERIORITY
 from abtest_api.errors import UserError
 
 # What `pip install abtest[evaluator]` adds; the control plane runs without them.
@@ -48,7 +49,15 @@ def add_analyze(sub) -> None:
     p = sub.add_parser("analyze", help="McNemar/Cochran's Q analysis of evaluated models (what the analysis Job runs)")
     p.add_argument("dir", help="folder holding one sub-folder per evaluated model")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
-    p.add_argument("--test", default="auto", choices=["auto", "exact", "chi2"], help="McNemar variant (default auto)")
+    p.add_argument("--test", default="auto", choices=MCNEMAR_TESTS, help="McNemar variant (default auto; midp: the exact test's mid-p)")
+    p.add_argument(
+        "--hypothesis",
+        default=SUPERIORITY,
+        choices=HYPOTHESES,
+        help="superiority (default): is one model more accurate; noninferiority / equivalence: is each later model within "
+        "--margin of the first (decided from the paired interval at 1 - 2 alpha)",
+    )
+    p.add_argument("--margin", type=float, help="for noninferiority and equivalence: accuracy as a fraction (0.01 = 1 point)")
     p.add_argument("--models", help="comma-separated model folders in A, B, … order (default: every folder, by name)")
     p.add_argument("--abtest", help="NAMESPACE/NAME: also write the verdict into that ABTest's status")
     p.add_argument("--abtest-uid", help="with --abtest: write only if the ABTest still has this UID (not a re-created namesake)")
@@ -62,7 +71,8 @@ def cmd_analyze(args) -> int:
     from abtest_evaluator.analysis import run_analysis
     from abtest_evaluator.report import text_table
 
-    result = run_analysis(Path(args.dir), args.alpha, args.test, args.models.split(",") if args.models else None)
+    order = args.models.split(",") if args.models else None
+    result = run_analysis(Path(args.dir), args.alpha, args.test, order, hypothesis=args.hypothesis, margin=args.margin)
     print(text_table(result))
     if args.abtest:
         from abtest_evaluator.publish import publish_result

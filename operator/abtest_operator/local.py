@@ -163,7 +163,8 @@ def run_local(
     )
     try:
         run_models(runs, device, sys.stderr.isatty() if show_progress is None else show_progress)
-        result = run_analysis(staging, spec.alpha, spec.test, [m.name for m in spec.models])
+        order = [m.name for m in spec.models]
+        result = run_analysis(staging, spec.alpha, spec.test, order, hypothesis=spec.hypothesis, margin=spec.margin)
         publish_dir(staging, out_dir)
         return result, out_dir
     finally:

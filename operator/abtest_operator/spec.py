@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from abtest_api import crd, evaluate
-from abtest_api.constants import ANALYSIS, API_VERSION, KIND
+from abtest_api.constants import ANALYSIS, API_VERSION, KIND, SUPERIORITY
 from abtest_api.errors import UserError
 
 
@@ -43,6 +43,8 @@ class ABTestSpec:
     device: str = "auto"
     alpha: float = 0.05
     test: str = "auto"
+    hypothesis: str = SUPERIORITY
+    margin: float | None = None
     # Where the Jobs run and what they may use: the operator's fields.
     image: str | None = None
     gpus_per_model: int = 1
@@ -99,6 +101,12 @@ def check_rules(spec: dict) -> None:
             raise UserError(f"ABTest is invalid: spec.models[{i}]: set either pretrained or checkpoint on a model, not both")
         if "mean" in model and "std" in model and len(model["mean"]) != len(model["std"]):
             raise UserError(f"ABTest is invalid: spec.models[{i}]: mean and std need the same number of values")
+    analysis = spec["analysis"]
+    if (analysis["hypothesis"] == SUPERIORITY) == ("margin" in analysis):
+        raise UserError(
+            "ABTest is invalid: spec.analysis.margin (accuracy as a fraction, e.g. 0.01 = 1 point) is required with hypothesis "
+            "noninferiority or equivalence, and not allowed with superiority"
+        )
     if spec.get("gpusPerModel") and spec["device"] == "cpu":
         raise UserError("ABTest is invalid: spec.gpusPerModel must be 0 (or unset) when spec.device is cpu")
 
@@ -119,6 +127,8 @@ def parse_abtest(manifest: dict) -> ABTestSpec:
         device=spec["device"],
         alpha=spec["analysis"]["alpha"],
         test=spec["analysis"]["test"],
+        hypothesis=spec["analysis"]["hypothesis"],
+        margin=spec["analysis"].get("margin"),
         image=spec.get("image"),
         gpus_per_model=spec.get("gpusPerModel", 1),
         resources=spec.get("resources") or {},

@@ -25,6 +25,8 @@ def test_two_model_example_succeeds_with_the_right_p_value(cluster, namespace):
     done = wait_phase(cluster, namespace.name, name, ("Succeeded", "Failed"))
     status = done["status"]
     assert status["phase"] == "Succeeded", status
+    assert not done["metadata"].get("finalizers")  # deletable while the operator is down; no kopf writes per ABTest
+    assert set(done["metadata"].get("annotations") or {}) <= {"kubectl.kubernetes.io/last-applied-configuration"}  # no kopf state
     assert {c["type"]: c["status"] for c in status["conditions"]} == {
         "ModelsComplete": "True",
         "Analyzed": "True",
@@ -73,6 +75,31 @@ def test_two_model_example_succeeds_with_the_right_p_value(cluster, namespace):
 
     reasons = {e["reason"] for e in events(cluster, namespace.name, name)}
     assert {"JobsCreated", "Succeeded"} <= reasons
+
+
+def test_a_non_inferiority_test_reaches_its_decision_in_status(cluster, namespace):
+    """spec.analysis.hypothesis noninferiority: the analysis Job decides from the 1 - 2 alpha interval and the status
+    says so in words; the decision matches the interval computed here from the predictions on the volume."""
+    from abtest_evaluator import stats
+
+    manifest = example_manifest("abtest-digits-noninferior.yaml", namespace.name)
+    assert manifest["spec"]["analysis"] == {"alpha": 0.05, "hypothesis": "noninferiority", "margin": 0.1}
+    apply(cluster, manifest)
+    done = wait_phase(cluster, namespace.name, "digits-vit-noninferior", ("Succeeded", "Failed"))
+    status = done["status"]
+    assert status["phase"] == "Succeeded", status
+    results = namespace.results / namespace.name / "digits-vit-noninferior" / done["metadata"]["uid"]
+    correct = [
+        (lambda t: t.column("pred").to_numpy() == t.column("label").to_numpy())(pq.read_table(results / m / "predictions.parquet"))
+        for m in ("resnet", "vit")
+    ]
+    lo, hi = stats.paired_diff_ci(stats.Table.from_correct(*correct), 0.90)
+    (comparison,) = status["result"]["comparisons"]
+    assert status["result"]["hypothesis"] == "noninferiority" and status["result"]["margin"] == 0.1
+    assert comparison["ci"] == pytest.approx([lo, hi]) and comparison["ciLevel"] == pytest.approx(0.90)
+    assert comparison["decision"] == ("noninferior" if hi < 0.1 else "inconclusive")
+    verb = "is non-inferior to" if hi < 0.1 else "is not shown non-inferior to"
+    assert status["result"]["verdict"].startswith(f"vit {verb} resnet within 10 points")
 
 
 def test_three_models_get_cochran_q_and_holm(cluster, namespace):

@@ -29,6 +29,10 @@ API_MESSAGES = {
     "negative deadline": "spec.activeDeadlineSeconds",
     "mean/std": "mean and std need the same number of values",
     "reserved model name": "'analysis' is reserved for the analysis Job",
+    "noninferiority without margin": "spec.analysis.margin (accuracy as a fraction, e.g. 0.01 = 1 point) is required",
+    "margin with superiority": "and not allowed with superiority",
+    "margin 0.5": "spec.analysis.margin",
+    "unknown hypothesis": "spec.analysis.hypothesis: Unsupported value",
 }
 
 

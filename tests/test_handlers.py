@@ -410,3 +410,29 @@ def test_the_echo_of_our_own_write_starts_no_pass(memo, cluster):
     job = cluster.get("Job", NS, "digits-resnet-vs-vit-vit")
     handlers.job_changed(body=kopf.Body(copy.deepcopy(job)), namespace=NS, memo=memo, **indexes(cluster))
     assert memo.metrics.reconciles.labels(NS)._value.get() == passes + 1
+
+
+def test_a_job_deleted_after_its_creation_was_seen_is_created_again(memo, cluster):
+    """The operator's own writes must not outlive what the watches show: a Job deleted by hand is re-created."""
+    abtest = apply_abtest(cluster)
+    handlers.abtest_changed(event={"type": "ADDED"}, body=kopf.Body(copy.deepcopy(abtest)), memo=memo, **indexes(cluster))
+    job = copy.deepcopy(cluster.get("Job", NS, "digits-resnet-vs-vit-vit"))
+    handlers.job_changed(body=kopf.Body(job), namespace=NS, memo=memo, **indexes(cluster))  # its ADDED event
+    del cluster.objects[("Job", NS, "digits-resnet-vs-vit-vit")]
+    handlers.job_changed(body=kopf.Body(job), namespace=NS, memo=memo, **indexes(cluster))  # its DELETED event
+    assert ("Job", NS, "digits-resnet-vs-vit-vit") in cluster.objects and cluster.calls["create_namespaced_job"] == 3
+
+
+def test_a_write_whose_watch_event_never_came_is_trusted_only_for_a_while(memo, cluster):
+    clock = [0.0]
+    memo.written = Written(ttl=60, clock=lambda: clock[0])
+    abtest = apply_abtest(cluster)
+    stale = dataclasses.replace(cluster.seen(), written=memo.written)  # the watches never deliver the Jobs
+    handlers._guarded(memo, copy.deepcopy(abtest), stale)
+    for name in ("digits-resnet-vs-vit-resnet", "digits-resnet-vs-vit-vit"):
+        del cluster.objects[("Job", NS, name)]  # deleted before their events came
+    handlers._guarded(memo, copy.deepcopy(abtest), stale)
+    assert cluster.calls["create_namespaced_job"] == 2  # still trusted
+    clock[0] = 61.0
+    handlers._guarded(memo, copy.deepcopy(abtest), stale)
+    assert cluster.calls["create_namespaced_job"] == 4 and len(cluster.of_kind("Job")) == 2

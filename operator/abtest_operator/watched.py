@@ -8,6 +8,7 @@ tests feed them the fake cluster's objects.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -61,51 +62,88 @@ def index_abtest(body: Mapping, namespace: str) -> dict:
     return {(namespace, body["metadata"]["uid"]): {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec", "status") if k in body}}
 
 
+def _version(obj: Mapping) -> int | None:
+    try:
+        return int(obj["metadata"]["resourceVersion"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def newer(a: dict | None, b: dict | None) -> dict | None:
     """The later of two copies of one object, by resourceVersion (etcd's revision: an integer in every API server
     this runs against; were it not, the watched copy, ``a``, wins)."""
     if a is None or b is None:
         return a or b
-    try:
-        return b if int(b["metadata"]["resourceVersion"]) > int(a["metadata"]["resourceVersion"]) else a
-    except (KeyError, ValueError):
-        return a
+    va, vb = _version(a), _version(b)
+    return b if va is not None and vb is not None and vb > va else a
 
 
 class Written:
-    """What this operator wrote and the API server answered, until the watches catch up: the ABTest after a status
+    """What this operator wrote and the API server answered, until the watches deliver it: the ABTest after a status
     write, the Jobs after their creation. client-go's controllers keep "expectations" for the same reason: without
     them a pass that starts before the watch delivers the previous pass's writes creates and writes again (a 409
-    each, and a GET to recover)."""
+    each, and a GET to recover). An entry goes when its own watch event arrives (``echoes``) or the watch shows a
+    later version, and after ``ttl`` seconds in any case (an object deleted before its watch event came, or whose
+    event kopf folded into a later one, must not live on here)."""
 
-    def __init__(self):
-        self.abtests: dict[tuple[str, str], dict] = {}
-        self.jobs: dict[tuple[str, str], dict[str, dict]] = {}
+    def __init__(self, ttl: float = 60.0, clock=time.monotonic):
+        self.ttl, self.clock = ttl, clock
+        self.abtests: dict[tuple[str, str], tuple[float, dict]] = {}
+        self.jobs: dict[tuple[str, str, str], tuple[float, dict]] = {}
 
     def abtest(self, body: dict) -> None:
         meta = body["metadata"]
-        self.abtests[(meta["namespace"], meta["uid"])] = index_abtest(body, meta["namespace"])[(meta["namespace"], meta["uid"])]
+        key = (meta["namespace"], meta["uid"])
+        self.abtests[key] = (self.clock(), index_abtest(body, meta["namespace"])[key])
 
     def job(self, body: dict) -> None:
         uid = owner_uid(body)
         if uid:
-            self.jobs.setdefault((body["metadata"]["namespace"], uid), {})[body["metadata"]["name"]] = job_entry(body)
+            self.jobs[(body["metadata"]["namespace"], uid, body["metadata"]["name"])] = (self.clock(), job_entry(body))
+
+    def _current(self, table: dict, key: tuple, watched: Mapping | None) -> dict | None:
+        """The written copy while the watch has not caught up with it; None (and the entry dropped) once it has."""
+        stamp, mine = table.get(key, (0.0, None))
+        if mine is None:
+            return None
+        seen, wrote = (_version(watched), _version(mine)) if watched is not None else (None, None)
+        if (watched is not None and (seen is None or wrote is None or seen > wrote)) or self.clock() - stamp > self.ttl:
+            table.pop(key, None)  # the watch is past it (or it is too old to trust)
+            return None
+        return None if seen == wrote and seen is not None else mine  # delivered: kept until its echo is recognised
+
+    def abtest_over(self, namespace: str, uid: str, watched: dict | None) -> dict | None:
+        return self._current(self.abtests, (namespace, uid), watched) or watched
+
+    def jobs_over(self, namespace: str, uid: str, watched: dict[str, dict]) -> dict[str, dict]:
+        out = dict(watched)
+        for key in [k for k in self.jobs if k[:2] == (namespace, uid)]:
+            mine = self._current(self.jobs, key, watched.get(key[2]))
+            if mine is not None:
+                out[key[2]] = mine
+        return out
 
     def echoes(self, body: Mapping) -> bool:
         """Whether a watch event carries exactly what this operator wrote (its own write coming back): a pass over
-        it would find nothing new."""
+        it would find nothing new. The entry is done with either way once the watch has shown it."""
         meta = body.get("metadata") or {}
-        uid = meta.get("uid") if body.get("kind") == KIND else owner_uid(body)
-        mine = (
-            self.abtests.get((meta.get("namespace"), uid))
-            if body.get("kind") == KIND
-            else self.jobs.get((meta.get("namespace"), uid), {}).get(meta.get("name"))
-        )
-        return bool(mine) and mine["metadata"].get("resourceVersion") == meta.get("resourceVersion")
+        namespace = meta.get("namespace")
+        if body.get("kind") == KIND:
+            table, key = self.abtests, (namespace, meta.get("uid"))
+        else:
+            table, key = self.jobs, (namespace, owner_uid(body), meta.get("name"))
+        mine = table.get(key, (0.0, None))[1]
+        echo = mine is not None and _version(mine) is not None and _version(mine) == _version(body)
+        if echo:
+            table.pop(key, None)
+        else:
+            self._current(table, key, body)
+        return echo
 
     def forget(self, namespace: str, uid: str) -> None:
         self.abtests.pop((namespace, uid), None)
-        self.jobs.pop((namespace, uid), None)
+        for key in [k for k in self.jobs if k[:2] == (namespace, uid)]:
+            self.jobs.pop(key, None)
 
 
 @dataclass(frozen=True)
@@ -119,13 +157,10 @@ class Observed:
     written: Written = field(default_factory=Written)
 
     def jobs_of(self, namespace: str, uid: str) -> dict[str, dict]:
-        seen = {j["metadata"]["name"]: j for j in self.jobs.get((namespace, uid), ())}
-        for name, job in self.written.jobs.get((namespace, uid), {}).items():
-            seen[name] = newer(seen.get(name), job)
-        return seen
+        return self.written.jobs_over(namespace, uid, {j["metadata"]["name"]: j for j in self.jobs.get((namespace, uid), ())})
 
     def pods_of(self, namespace: str, job: str) -> list[dict]:
         return list(self.pods.get((namespace, job), ()))
 
     def abtest(self, namespace: str, uid: str) -> dict | None:
-        return newer(next(iter(self.abtests.get((namespace, uid), ())), None), self.written.abtests.get((namespace, uid)))
+        return self.written.abtest_over(namespace, uid, next(iter(self.abtests.get((namespace, uid), ())), None))

@@ -13,11 +13,12 @@ GPU_PANELS = {"GPU utilization", "GPU memory"}  # no series on CPU: GPU metrics 
 
 
 def slow_manifest(namespace: str) -> dict:
-    """Two CNNs at 64 px on digits/train: long enough for several 1 s scrapes of each evaluator."""
+    """Two CNNs at 96 px on digits/train: long enough for several 1 s scrapes of each evaluator (at 64 px resnet could
+    finish before Prometheus discovered its pod)."""
     manifest = example_manifest("abtest-digits-3way.yaml", namespace, batchSize=16)
     manifest["metadata"]["name"] = "watched"
     manifest["spec"]["dataset"]["split"] = "train"
-    manifest["spec"]["models"] = [dict(m, inputSize=64) for m in manifest["spec"]["models"] if m["name"] in ("resnet", "shufflenet")]
+    manifest["spec"]["models"] = [dict(m, inputSize=96) for m in manifest["spec"]["models"] if m["name"] in ("resnet", "shufflenet")]
     return manifest
 
 

@@ -78,7 +78,7 @@ def test_defaults_and_explain(cluster, namespace):
         manifest["spec"].pop(key)
     apply(cluster, manifest)
     spec = get_abtest(cluster, namespace.name, "defaults")["spec"]
-    assert (spec["seed"], spec["batchSize"], spec["analysis"]) == (42, 64, {"alpha": 0.05, "test": "auto"})
+    assert (spec["seed"], spec["batchSize"], spec["analysis"]) == (42, 64, {"alpha": 0.05, "test": "auto", "hypothesis": "superiority"})
     explained = cluster.kubectl("explain", "abtest.spec.models").stdout
     assert "timm/NAME or torchvision/NAME" in explained and "numClasses" in explained
 

@@ -36,6 +36,9 @@ def watched(cluster, operator, prometheus, models_dir):
     # the end of the overlap: both evaluators have been running (and scraped every second) the longest
     midpoint = min(s["finished_at"] for s in spans) - 0.5
     cluster.wait_for(lambda: prometheus.query('abtest_result_p_value{abtest="watched"}'), 30, "the operator's result gauges in Prometheus")
+    # the operator exports the result as soon as the analysis writes it, and the phase on its next pass (the analysis
+    # Job's completion): wait for the scrape after that too
+    cluster.wait_for(lambda: prometheus.query('abtest_abtests{phase="Succeeded"} >= 1'), 30, "the Succeeded phase gauge in Prometheus")
     return ns, obj, midpoint, spans
 
 

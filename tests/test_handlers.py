@@ -11,6 +11,7 @@ import collections
 import copy
 import dataclasses
 import threading
+from datetime import UTC, datetime, timedelta
 
 import kopf
 import pytest
@@ -323,12 +324,12 @@ def test_a_job_without_a_pod_is_asked_why_only_after_the_grace_period(memo, clus
             "lastTimestamp": "2026-11-27T12:00:05Z",
         },
     )
-    created = handlers.datetime.fromisoformat(job["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
+    created = datetime.fromisoformat(job["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
     young = handlers.reconcile(memo, cluster.get("ABTest", NS, "digits-resnet-vs-vit"), cluster.seen(), now=created)
     assert cluster.calls["list_namespaced_event"] == 0 and not any(
         c["type"] == "Stalled" and c["status"] == "True" for c in young["conditions"]
     )
-    later = created + handlers.timedelta(seconds=handlers.POD_CREATE_GRACE_SECONDS)
+    later = created + timedelta(seconds=handlers.POD_CREATE_GRACE_SECONDS)
     old = handlers.reconcile(memo, copy.deepcopy(cluster.get("ABTest", NS, "digits-resnet-vs-vit")), cluster.seen(), now=later)
     stalled = next(c for c in old["conditions"] if c["type"] == "Stalled")
     assert (
@@ -341,7 +342,7 @@ def test_jobs_queued_for_kueue_are_created_suspended_and_are_not_stalls(memo, cl
     reconcile(memo, cluster, abtest)
     assert all(j["spec"]["suspend"] is True for j in cluster.of_kind("Job"))
     calls = dict(cluster.calls)
-    later = handlers.datetime.now(handlers.UTC) + handlers.timedelta(hours=1)
+    later = datetime.now(UTC) + timedelta(hours=1)
     new = handlers.reconcile(memo, copy.deepcopy(cluster.get("ABTest", NS, abtest["metadata"]["name"])), cluster.seen(), now=later)
     assert new["phase"] == "Pending" and dict(cluster.calls) == calls  # waiting in the queue: nothing asked, nothing written
 

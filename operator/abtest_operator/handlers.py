@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta  # noqa: F401 (timedelta: the tests move the clock)
+from datetime import UTC, datetime
 
 import kopf
 from kubernetes import client, config

@@ -20,3 +20,19 @@ USER_ERROR_EXIT = 2  # `abtest` exits 2 on bad input: retrying cannot help
 SUPERIORITY, NONINFERIORITY, EQUIVALENCE = "superiority", "noninferiority", "equivalence"
 HYPOTHESES = (SUPERIORITY, NONINFERIORITY, EQUIVALENCE)
 MCNEMAR_TESTS = ("auto", "exact", "midp", "chi2")
+
+# Group-sequential tests (spec.analysis.sequential): the Lan-DeMets spending functions, and where each evaluator
+# publishes the prefix of its predictions at look k of K (a complete model folder of its own: predictions + metrics).
+OBRIEN_FLEMING, POCOCK = "obrienFleming", "pocock"
+SPENDING_FUNCTIONS = (OBRIEN_FLEMING, POCOCK)
+MAX_LOOKS = 20
+
+
+def look_dir(look: int, looks: int) -> str:
+    """The folder, inside a model's folder, holding its predictions and metrics of the first samples up to look ``look``."""
+    return f"look-{look:05d}-of-{looks:05d}"
+
+
+def look_sizes(n: int, looks: int) -> list[int]:
+    """Samples analysed at each look: equal parts of the shared order, the last look all of them."""
+    return [max(1, (k * n) // looks) for k in range(1, looks + 1)]

@@ -58,12 +58,46 @@ def status_result(result: dict) -> dict:
         ],
         "omnibus": None if not omnibus else {"test": "cochrans_q", "statistic": omnibus["statistic"], "pValue": omnibus["p_value"]},
         "warnings": result["warnings"],
+        **(
+            {
+                "stoppedEarly": result["sequential"]["stopped_early"],
+                "samplesUsed": result["sequential"]["samples_used"],
+                "alphaSpent": result["sequential"]["alpha_spent"],
+            }
+            if result.get("sequential")
+            else {}
+        ),
+    }
+
+
+def status_sequential(result: dict) -> dict:
+    """``status.sequential``: where a group-sequential test stands after its latest look."""
+    seq = result["sequential"]
+    return {
+        "looks": seq["looks"],
+        "spending": seq["spending"],
+        "look": seq["look"],
+        "samplesUsed": seq["samples_used"],
+        "samplesTotal": seq["samples_total"],
+        "alphaSpent": seq["alpha_spent"],
+        "boundary": seq["boundary"],
+        "boundaries": seq["boundaries"],
+        "stoppedEarly": seq["stopped_early"],
+        "statistics": [{"a": c["a"], "b": c["b"], "z": c["z"], "crossed": c["significant"]} for c in result["comparisons"]],
     }
 
 
 def check_status_result(value: dict) -> dict:
     """``value`` when it fits the CRD's ``status.result`` schema; a UserError naming the first bad field otherwise."""
-    errors = sorted(crd.validator("status", "result").iter_errors(value), key=lambda e: crd.error_path(e))
+    return _check("result", value)
+
+
+def check_status_sequential(value: dict) -> dict:
+    return _check("sequential", value)
+
+
+def _check(field: str, value: dict) -> dict:
+    errors = sorted(crd.validator("status", field).iter_errors(value), key=lambda e: crd.error_path(e))
     if errors:
-        raise UserError(f"status.result is invalid: {crd.error_path(errors[0])}: {errors[0].message}")
+        raise UserError(f"status.{field} is invalid: {crd.error_path(errors[0])}: {errors[0].message}")
     return value

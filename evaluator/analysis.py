@@ -7,15 +7,26 @@ in seconds and well under 2 GiB (benchmarks/analysis_scale.py).
 from __future__ import annotations
 
 import itertools
+import time
 from pathlib import Path
 
 import numpy as np
 
-from abtest_api.constants import EQUIVALENCE, HYPOTHESES, NONINFERIORITY, REPORT, RESULT, SUPERIORITY
+from abtest_api.constants import (
+    EQUIVALENCE,
+    HYPOTHESES,
+    METRICS,
+    NONINFERIORITY,
+    REPORT,
+    RESULT,
+    SPENDING_FUNCTIONS,
+    SUPERIORITY,
+    look_dir,
+)
 from abtest_api.errors import UserError
 from abtest_api.result import P_FLOOR, format_p
-from abtest_evaluator import results, stats
-from abtest_evaluator.results import ModelData, load_models
+from abtest_evaluator import results, sequential, stats
+from abtest_evaluator.results import ModelData, load_model_dirs, load_models
 
 
 def collect_warnings(models: list[ModelData]) -> list[str]:
@@ -129,6 +140,35 @@ def decide(c: dict, hypothesis: str, alpha: float) -> str:
 
 def verdict_sentence(result: dict) -> str:
     """One sentence; a winner is quoted with its weakest evidence (largest adjusted p against any rival)."""
+    seq = result.get("sequential")
+    if seq and seq["stopped_early"]:
+        return (
+            f"Stopped early at look {seq['look']} of {seq['looks']} ({seq['samples_used']} of {seq['samples_total']} samples, "
+            f"{seq['alpha_spent']:.2g} of alpha {result['alpha']:g} spent): " + _sequential_sentence(result)
+        )
+    if seq:
+        return _sequential_sentence(result)
+    return _fixed_sentence(result)
+
+
+def _sequential_sentence(result: dict) -> str:
+    """Significance is the boundary crossed, so the sentence quotes z against it (the p-values are for reference)."""
+    seq, winner = result["sequential"], result["winner"]
+    crossed = [c for c in result["comparisons"] if c["significant"]]
+    if winner:
+        others = ", ".join(c["b"] if c["a"] == winner else c["a"] for c in crossed if winner in (c["a"], c["b"]))
+        z = min(abs(c["z"]) for c in crossed if winner in (c["a"], c["b"]))
+        return f"{winner} is better than {others}: |z| = {z:.2f} crossed the boundary {seq['boundary']:.2f}."
+    if crossed:
+        said = "; ".join(
+            f"{c['a'] if c['accuracy_diff'] > 0 else c['b']} beats {c['b'] if c['accuracy_diff'] > 0 else c['a']}" for c in crossed
+        )
+        return f"No single best model: {said} (boundary {seq['boundary']:.2f})."
+    z = max(abs(c["z"]) for c in result["comparisons"])
+    return f"Not distinguishable at {result['alpha']:g} after all {seq['looks']} looks: largest |z| = {z:.2f}, final boundary {seq['boundary']:.2f}."
+
+
+def _fixed_sentence(result: dict) -> str:
     comps, alpha, winner = result["comparisons"], result["alpha"], result["winner"]
     adjusted = " (Holm-adjusted)" if len(comps) > 1 else ""
     hypothesis = result["hypothesis"]
@@ -221,17 +261,52 @@ def pareto_notes(comparisons: list[dict]) -> list[str]:
     return notes
 
 
+def apply_boundary(comparisons: list[dict], design: sequential.Design, look: int, before: list[dict]) -> dict:
+    """Decide each pair by its z against this look's boundary; the look's record, with every look so far."""
+    boundary = design.boundaries()[look - 1]
+    for c in comparisons:
+        c["z"] = sequential.z_statistic(c["n10"], c["n01"])
+        c["significant"] = abs(c["z"]) >= boundary
+    n = design.sizes[look - 1]
+    history = [*before, {"look": look, "n": n, "boundary": boundary, "z": {f"{c['a']}|{c['b']}": c["z"] for c in comparisons}}]
+    return {
+        "looks": design.looks,
+        "spending": design.spending,
+        "look": look,
+        "samples_used": n,
+        "samples_total": design.n_total,
+        "boundary": boundary,
+        "boundaries": list(design.boundaries()),
+        "information_fractions": list(design.fractions),
+        "alpha_spent": design.spent(look),
+        "history": history,
+    }
+
+
 def analyze(root: Path, alpha: float = 0.05, test: str = "auto", order: list[str] | None = None, **hypothesis) -> dict:
     return compare_models(load_models(root, order), alpha, test, **hypothesis)
 
 
-def compare_models(models: list[ModelData], alpha: float, test: str, hypothesis: str = SUPERIORITY, margin: float | None = None) -> dict:
+def compare_models(
+    models: list[ModelData],
+    alpha: float,
+    test: str,
+    hypothesis: str = SUPERIORITY,
+    margin: float | None = None,
+    look: tuple[sequential.Design, int, list] | None = None,
+) -> dict:
+    """The whole result. ``look``: (design, look number, the looks before) for a group-sequential look, whose
+    boundary then decides significance."""
     if not 0 < alpha < 1:
         raise UserError(f"--alpha must be in (0, 1), got {alpha}")
     if hypothesis not in HYPOTHESES:
         raise UserError(f"--hypothesis must be one of {', '.join(HYPOTHESES)}, got {hypothesis!r}")
     if hypothesis != SUPERIORITY and not (margin is not None and 0 < margin < 0.5):
         raise UserError(f"--margin (accuracy as a fraction, e.g. 0.01 = 1 point) in (0, 0.5) is required for {hypothesis}, got {margin}")
+    if look and hypothesis != SUPERIORITY:
+        raise UserError(
+            f"a sequential analysis decides superiority only, not {hypothesis}; drop spec.analysis.sequential or the hypothesis"
+        )
     names = [m.name for m in models]
     # Superiority compares every pair; the margin hypotheses compare each candidate with the reference (listed first).
     pairs = itertools.combinations(models, 2) if hypothesis == SUPERIORITY else ((models[0], m) for m in models[1:])
@@ -246,6 +321,8 @@ def compare_models(models: list[ModelData], alpha: float, test: str, hypothesis:
             mt = c["margin_test"]
             mt["p_value_adjusted"] = max(p_adj, P_FLOOR)
             mt["p_value_adjusted_text"] = format_p(mt["p_value_adjusted"], mt["p_value_text"].startswith("<"))
+    if look:
+        look_block = apply_boundary(comparisons, *look)
     for c in comparisons:
         c["decision"] = decide(c, hypothesis, alpha)
     omnibus = stats.cochran_q(np.column_stack([m.correct for m in models]), alpha) if len(models) >= 3 else None
@@ -275,18 +352,97 @@ def compare_models(models: list[ModelData], alpha: float, test: str, hypothesis:
         "warnings": collect_warnings(models) + power_warnings(comparisons, alpha),
         "notes": pareto_notes(comparisons) + class_notes(comparisons, (models[0].metrics.get("dataset") or {}).get("classes")),
     }
+    if look:
+        design = look[0]
+        result["method"] += (
+            f"; group-sequential: z of the discordant pairs against Lan-DeMets {design.spending} boundaries at {design.looks} looks"
+            + (f" (alpha / {design.pairs} per pair)" if design.pairs > 1 else "")
+            + ", p-values fixed-sample for reference"
+        )
+        look_block["stopped_early"] = look[1] < design.looks and (
+            result["winner"] is not None or all(c["significant"] for c in comparisons)
+        )
+        result["sequential"] = look_block
     result["verdict"] = verdict_sentence(result)
     return result
+
+
+def run_sequential(
+    root: Path,
+    alpha: float,
+    test: str,
+    order: list[str] | None,
+    looks: int,
+    spending: str,
+    *,
+    poll: float = 1.0,
+    idle=None,
+    on_look=None,
+) -> dict:
+    """A group-sequential analysis as the evaluators run: at each look, wait until every model has published it,
+    decide, tell ``on_look(result)``, and stop at the first look whose boundary is crossed (or the last). Writes
+    result.json and report.html of the look it stopped at. ``idle()`` runs between polls (it may raise to abort)."""
+    if spending not in SPENDING_FUNCTIONS:
+        raise UserError(f"--spending must be one of {', '.join(SPENDING_FUNCTIONS)}, got {spending!r}")
+    names = order or [d.name for d in results.model_dirs(root)]
+    history: list[dict] = []
+    for look in range(1, looks + 1):
+        dirs = [root / name / look_dir(look, looks) if look < looks else root / name for name in names]
+        wait_for_look(root, names, dirs, look, looks, poll, idle)
+        models = load_model_dirs(dirs)
+        design = sequential.Design(looks, spending, alpha, design_total(models, looks), len(models) * (len(models) - 1) // 2)
+        result = compare_models(models, alpha, test, look=(design, look, history))
+        history = result["sequential"]["history"]
+        if result["sequential"]["stopped_early"] or look == looks:
+            write_result(root, result, models)
+            if on_look:
+                on_look(result)
+            return result
+        if on_look:
+            on_look(result)
+    raise AssertionError("unreachable: the last look always returns")
+
+
+def wait_for_look(root: Path, names: list[str], dirs: list[Path], look: int, looks: int, poll: float, idle) -> None:
+    while not all((d / METRICS).is_file() for d in dirs):
+        for name, d in zip(names, dirs):
+            if look < looks and (root / name / METRICS).is_file() and not (d / METRICS).is_file():
+                raise UserError(
+                    f"model {name} finished without publishing look {look} of {looks}; evaluate it with --looks {looks} "
+                    "(spec.analysis.sequential sets it)"
+                )
+        if idle:
+            idle()
+        time.sleep(poll)
+
+
+def design_total(models: list[ModelData], looks: int) -> int:
+    """Every model's samples in all (its look record's n_total), checked to be one plan of ``looks`` looks."""
+    plans = {m.name: m.metrics.get("look") or {} for m in models}
+    for name, plan in plans.items():
+        if plan.get("looks") != looks:
+            raise UserError(
+                f"model {name} was evaluated with --looks {plan.get('looks')}, the analysis asks for {looks}; use the same "
+                "spec.analysis.sequential.looks for both"
+            )
+    totals = {plan["n_total"] for plan in plans.values()}
+    if len(totals) > 1:
+        raise UserError(f"models planned their looks over different sample counts ({sorted(totals)}); evaluate all on the same dataset")
+    return totals.pop()
+
+
+def write_result(root: Path, result: dict, models: list[ModelData]) -> None:
+    from abtest_evaluator import report
+
+    html = report.render(result, {m.name: m.metrics for m in models})
+    results.atomic_write_json(root / RESULT, result)
+    results.atomic_write_bytes(root / REPORT, html.encode())
 
 
 def run_analysis(root: Path, alpha: float = 0.05, test: str = "auto", order: list[str] | None = None, **hypothesis) -> dict:
     """Analyze and write result.json and report.html atomically; nothing is written on refusal.
     ``hypothesis``: ``hypothesis=`` superiority (default) | noninferiority | equivalence, and ``margin=``."""
-    from abtest_evaluator import report
-
     models = load_models(root, order)
     result = compare_models(models, alpha, test, **hypothesis)
-    html = report.render(result, {m.name: m.metrics for m in models})
-    results.atomic_write_json(root / RESULT, result)
-    results.atomic_write_bytes(root / REPORT, html.encode())
+    write_result(root, result, models)
     return result

@@ -16,7 +16,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from abtest_api.constants import METRICS, PREDICTIONS
+from abtest_api.constants import MAX_LOOKS, METRICS, PREDICTIONS, look_dir, look_sizes
 from abtest_api.errors import UserError
 from abtest_api.evaluate import EvalConfig
 from abtest_evaluator import datasets, measurements, models, resolve, results
@@ -125,12 +125,18 @@ class Loop:
     finished: float
     gpu_utilization: dict | None
 
+    def prefix(self, n: int) -> Loop:
+        """What the loop had measured by its first ``n`` samples (the batches so far, for a look)."""
+        return Loop(self.topk[:n], self.confidence[:n], list(self.batch_seconds), list(self.batch_sizes), self.started, time.time(), None)
+
 
 def prepare(cfg: EvalConfig) -> Prepared:
     """Resolve the settings, load the data and the model, build the loader and the runner; UserError on bad input."""
     started = time.time()
     if cfg.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    if cfg.looks is not None and not 2 <= cfg.looks <= MAX_LOOKS:
+        raise UserError(f"--looks (spec.analysis.sequential.looks) must be in 2..{MAX_LOOKS}, got {cfg.looks}")
     device = resolve.resolve_device(cfg.device, torch.cuda.is_available())
     amp_dtype = resolve.resolve_amp_dtype(device, cfg.amp, cfg.amp_dtype)
     threads = resolve.resolve_threads(cfg.threads)
@@ -138,6 +144,8 @@ def prepare(cfg: EvalConfig) -> Prepared:
     seed_everything(cfg.seed, device)
 
     ds = datasets.load_dataset(cfg.dataset, cfg.split, cfg.path, cfg.limit, cfg.dataset_class)
+    if cfg.looks and len(ds) < cfg.looks:
+        raise UserError(f"dataset {ds.name} has {len(ds)} samples, fewer than --looks {cfg.looks}; lower spec.analysis.sequential.looks")
     num_classes = cfg.num_classes or ds.num_classes
     if num_classes < ds.num_classes or int(ds.labels.max()) >= num_classes:
         raise UserError(
@@ -165,8 +173,9 @@ def prepare(cfg: EvalConfig) -> Prepared:
     return Prepared(cfg, started, device, amp_dtype, threads, ds, num_classes, loaded, data_cfg, loader, runner)
 
 
-def run(prep: Prepared, telemetry: EvalTelemetry) -> Loop:
-    """The timed loop over every batch in the shared order, feeding telemetry and the progress display."""
+def run(prep: Prepared, telemetry: EvalTelemetry, on_look=None) -> Loop:
+    """The timed loop over every batch in the shared order, feeding telemetry and the progress display. With
+    ``cfg.looks``, ``on_look(look, loop_so_far)`` runs as soon as the samples of each look but the last are in."""
     cfg, runner = prep.cfg, prep.runner
     n, k = len(prep.dataset), min(5, prep.num_classes)
     topk = np.empty((n, k), dtype=np.int64)
@@ -176,6 +185,8 @@ def run(prep: Prepared, telemetry: EvalTelemetry) -> Loop:
         GpuSampler(runner.device.index or 0, on_sample=lambda r: telemetry.set_gpu(None, r)) if prep.device == "cuda" else nullcontext()
     )
     started = time.time()
+    loop = Loop(topk, confidence, batch_seconds, batch_sizes, started, started, None)
+    looks = list(enumerate(look_sizes(n, cfg.looks)[:-1], 1)) if cfg.looks else []
     with sampler, Progress(cfg.progress, cfg.model_label, n) as progress:
         pos = 0
         for images, labels in prep.loader:
@@ -193,13 +204,16 @@ def run(prep: Prepared, telemetry: EvalTelemetry) -> Loop:
             if (memory := runner.gpu_memory()) is not None:
                 telemetry.set_gpu(memory["max_allocated_bytes"], None)
             progress.advance(size, telemetry.running_accuracy)
+            while looks and looks[0][1] <= pos:
+                look, samples = looks.pop(0)
+                on_look(look, loop.prefix(samples))
     return Loop(topk, confidence, batch_seconds, batch_sizes, started, time.time(), sampler.summary() if prep.device == "cuda" else None)
 
 
-def build_metrics(prep: Prepared, loop: Loop) -> dict:
-    """metrics.json's content (but the predictions checksum, which the writer adds)."""
+def build_metrics(prep: Prepared, loop: Loop, look: int | None = None) -> dict:
+    """metrics.json's content (but the predictions checksum, which the writer adds); ``loop`` may be a look's prefix."""
     cfg, ds = prep.cfg, prep.dataset
-    labels, k = ds.labels, loop.topk.shape[1]
+    labels, k = ds.labels[: len(loop.topk)], loop.topk.shape[1]
     metrics = measurements.summarize(
         labels,
         loop.topk[:, 0],
@@ -238,6 +252,8 @@ def build_metrics(prep: Prepared, loop: Loop) -> dict:
             "abtest": {"name": cfg.abtest, "namespace": cfg.namespace} if cfg.abtest else None,
         }
     )
+    if cfg.looks:  # which look these files are, of how many over how many samples (the analysis' information fraction)
+        metrics["look"] = {"look": look, "looks": cfg.looks, "n_total": len(ds)}
     return metrics
 
 
@@ -250,15 +266,24 @@ def write(out: Path, metrics: dict, predictions: pa.Table) -> None:
     results.atomic_write_json(out / METRICS, metrics)
 
 
+def write_result(prep: Prepared, loop: Loop, look: int | None) -> dict:
+    """The model's folder, or at an interim look its look folder (the same files, over the samples so far)."""
+    out, n, ds = Path(prep.cfg.out), len(loop.topk), prep.dataset
+    if look is not None and look < prep.cfg.looks:
+        out = out / look_dir(look, prep.cfg.looks)
+    metrics = build_metrics(prep, loop, look)
+    write(out, metrics, predictions_table(ds.labels[:n], loop.topk, loop.confidence, ds.ids[:n]))
+    return metrics
+
+
 def evaluate(cfg: EvalConfig) -> dict:
     """Run the evaluation and write its files atomically; returns metrics.json's content."""
     prep = prepare(cfg)
     telemetry = EvalTelemetry(cfg.abtest, cfg.namespace, cfg.model_label, len(prep.dataset))
     server = telemetry.serve(cfg.metrics_port, cfg.metrics_addr) if cfg.metrics_port is not None else None
     try:
-        loop = run(prep, telemetry)
-        metrics = build_metrics(prep, loop)
-        write(Path(cfg.out), metrics, predictions_table(prep.dataset.labels, loop.topk, loop.confidence, prep.dataset.ids))
+        loop = run(prep, telemetry, on_look=lambda look, so_far: write_result(prep, so_far, look))
+        metrics = write_result(prep, loop, cfg.looks)
         telemetry.completed.set(1)
         if cfg.pushgateway:
             telemetry.push(cfg.pushgateway)

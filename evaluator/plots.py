@@ -81,3 +81,21 @@ def reliability(metrics: dict[str, dict]) -> str:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     return png(fig)
+
+
+def sequential_paths(seq: dict) -> str:
+    """Each pair's z at every look so far, between the planned boundaries of all looks."""
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    fractions, bounds = np.asarray(seq["information_fractions"]), np.asarray(seq["boundaries"])
+    for sign in (1, -1):
+        ax.plot(fractions, sign * bounds, "--o", color="#9ca3af", markersize=3, label="boundary" if sign > 0 else None)
+    looks = [h["look"] for h in seq["history"]]
+    for i, pair in enumerate(seq["history"][-1]["z"]):
+        z = [h["z"][pair] for h in seq["history"]]
+        ax.plot(fractions[np.asarray(looks) - 1], z, "o-", color=COLORS[i % len(COLORS)], label=pair.replace("|", " vs "))
+    ax.axhline(0, color="#e5e7eb", linewidth=1)
+    ax.set_xlabel("information fraction (samples analysed / all)")
+    ax.set_ylabel("z of the discordant pairs")
+    ax.set_xlim(0, 1.02)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return png(fig)

@@ -7,7 +7,7 @@ import time
 
 from abtest_api.constants import GROUP, PLURAL, VERSION
 from abtest_api.errors import UserError
-from abtest_api.result import check_status_result
+from abtest_api.result import check_status_result, check_status_sequential
 
 RETRYABLE = {409, 429, 500, 502, 503, 504}
 log = logging.getLogger(__name__)
@@ -31,21 +31,31 @@ def parse_reference(ref: str) -> tuple[str, str]:
     return namespace, name
 
 
-def publish_result(ref: str, summary: dict, api=None, attempts: int = 5, sleep=time.sleep, uid: str | None = None) -> None:
-    """Merge-patch status.result; retries conflicts and transient errors, explains missing permissions.
+def publish_result(ref: str, summary: dict, api=None, attempts: int = 5, sleep=time.sleep, uid: str | None = None, sequential=None) -> None:
+    """Merge-patch status.result (and status.sequential, the last look of a sequential test).
 
     With ``uid`` it is a compare-and-swap: read the ABTest, refuse when its UID is not the one analysed (deleted and
     re-created meanwhile), and patch on the condition of the resourceVersion read, so a re-creation between the read
     and the patch is a conflict that the next attempt reads again. (The status subresource ignores a UID in the patch
     body itself, so the read is what checks it.)"""
+    fields = {"result": check_status_result(summary)} | ({"sequential": check_status_sequential(sequential)} if sequential else {})
+    publish_status(ref, fields, api, attempts, sleep, uid)
+
+
+def publish_look(ref: str, sequential: dict, api=None, uid: str | None = None) -> None:
+    """Merge-patch status.sequential: where a sequential test stands after a look (the dashboard and kubectl show it)."""
+    publish_status(ref, {"sequential": check_status_sequential(sequential)}, api, uid=uid)
+
+
+def publish_status(ref: str, fields: dict, api=None, attempts: int = 5, sleep=time.sleep, uid: str | None = None) -> None:
+    """Merge-patch these status fields; retries conflicts and transient errors, explains missing permissions."""
     from kubernetes.client.exceptions import ApiException
 
     namespace, name = parse_reference(ref)
-    result = check_status_result(summary)
     api = api or custom_objects_api()
     for attempt in range(attempts):
         try:
-            body = {"status": {"result": result}}
+            body = {"status": fields}
             if uid:
                 current = api.get_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name)["metadata"]
                 if current["uid"] != uid:

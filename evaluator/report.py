@@ -109,6 +109,33 @@ def _per_class(c: dict, result: dict) -> str:
     )
 
 
+def _sequential(result: dict) -> str:
+    """The looks so far: each pair's z against the boundaries, as a table and a plot."""
+    from abtest_evaluator import plots
+
+    seq = result.get("sequential")
+    if not seq:
+        return ""
+    pairs = list(seq["history"][-1]["z"])
+    body = [
+        [
+            str(h["look"]),
+            str(h["n"]),
+            f"±{h['boundary']:.3f}",
+            *(f"{h['z'][p]:+.3f}" + (" *" if abs(h["z"][p]) >= h["boundary"] else "") for p in pairs),
+        ]
+        for h in seq["history"]
+    ]
+    state = f"stopped early at look {seq['look']}" if seq["stopped_early"] else f"decided at look {seq['look']}"
+    return (
+        f"<h2>Sequential design</h2><p>{seq['looks']} looks, Lan-DeMets {html.escape(seq['spending'])} alpha spending; {state} "
+        f"({seq['samples_used']} of {seq['samples_total']} samples, alpha spent {seq['alpha_spent']:.3g}). z = (n10 − n01) / √(n10 + n01): "
+        "positive when A is ahead; a pair is decided when |z| reaches the boundary.</p>"
+        + _table(["look", "samples", "boundary", *(p.replace("|", " vs ") for p in pairs)], body)
+        + plots.sequential_paths(seq)
+    )
+
+
 def render(result: dict, metrics: dict[str, dict]) -> str:
     from abtest_evaluator import plots  # matplotlib: only when a page is drawn
 
@@ -128,6 +155,7 @@ def render(result: dict, metrics: dict[str, dict]) -> str:
 <h2>Summary</h2>{_summary(result)}
 {omnibus}
 <h2>Paired comparisons</h2>{_comparisons(result)}
+{_sequential(result)}
 <h2>Confusion matrices</h2>{plots.confusion_matrices(metrics)}
 <h2>Per-class accuracy</h2>{plots.per_class_accuracy(metrics)}
 <h2>Latency per batch</h2>{plots.batch_latency(metrics)}

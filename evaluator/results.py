@@ -178,7 +178,12 @@ def check_same_samples(models: list[ModelData]) -> None:
 
 def load_models(root: Path, order: list[str] | None = None) -> list[ModelData]:
     """Every model's predictions and metrics, checked to be comparable; a UserError otherwise."""
-    models = [load_model(d) for d in model_dirs(root, order)]
+    return load_model_dirs(model_dirs(root, order))
+
+
+def load_model_dirs(dirs: list[Path]) -> list[ModelData]:
+    """These folders' predictions and metrics (model folders, or their look folders), checked to be comparable."""
+    models = [load_model(d) for d in dirs]
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise UserError(f"two model folders report the same model name ({', '.join(names)}); give each model a distinct --name")

@@ -70,6 +70,9 @@ INVALID_SPECS = {
     "margin with superiority": lambda s: s.update(analysis={"margin": 0.01}),
     "margin 0.5": lambda s: s.update(analysis={"hypothesis": "equivalence", "margin": 0.5}),
     "unknown hypothesis": lambda s: s.update(analysis={"hypothesis": "better"}),
+    "one look": lambda s: s.update(analysis={"sequential": {"looks": 1}}),
+    "unknown spending": lambda s: s.update(analysis={"sequential": {"looks": 3, "spending": "haybittle"}}),
+    "sequential non-inferiority": lambda s: s.update(analysis={"hypothesis": "noninferiority", "margin": 0.01, "sequential": {"looks": 3}}),
 }
 
 

@@ -344,6 +344,8 @@ def test_examples_validate():
     assert len(two.models) == 2 and len(three.models) == 3 and two.alpha == 0.05
     noninferior = parse_abtest(load_manifest(ROOT / "examples" / "abtest-digits-noninferior.yaml"))
     assert (noninferior.hypothesis, noninferior.margin) == ("noninferiority", 0.1)
+    sequential = parse_abtest(load_manifest(ROOT / "examples" / "abtest-digits-sequential.yaml"))
+    assert (sequential.looks, sequential.spending) == (5, "obrienFleming")
 
 
 def test_readme_quickstart_output_is_what_a_fresh_run_prints(tmp_path):

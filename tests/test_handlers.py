@@ -437,3 +437,34 @@ def test_a_write_whose_watch_event_never_came_is_trusted_only_for_a_while(memo, 
     clock[0] = 61.0
     handlers._guarded(memo, copy.deepcopy(abtest), stale)
     assert cluster.calls["create_namespaced_job"] == 4 and len(cluster.of_kind("Job")) == 2
+
+
+def test_a_sequential_test_runs_its_analysis_alongside_and_an_early_stop_stops_the_models(memo, cluster):
+    abtest = apply_abtest(cluster, lambda m: m["spec"]["analysis"].update(sequential={"looks": 4}))
+    reconcile(memo, cluster, abtest)
+    names = sorted(j["metadata"]["name"] for j in cluster.of_kind("Job"))
+    assert names == ["digits-resnet-vs-vit-analysis", "digits-resnet-vs-vit-resnet", "digits-resnet-vs-vit-vit"]
+    args = cluster.get("Job", NS, "digits-resnet-vs-vit-analysis")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--looks") :][:4] == ["--looks", "4", "--spending", "obrienFleming"]
+    model_args = cluster.get("Job", NS, "digits-resnet-vs-vit-vit")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert model_args[model_args.index("--looks") + 1] == "4"
+    for job in names:
+        cluster.set_job_status(job, NS, {"active": 1, "ready": 1, "startTime": "2026-11-27T12:01:00Z"})
+    assert reconcile(memo, cluster, abtest)["phase"] == "Running"
+    complete(cluster, "digits-resnet-vs-vit-analysis")  # a boundary was crossed at a look: the verdict is in
+    new = reconcile(memo, cluster, abtest)
+    assert new["phase"] == "Succeeded" and [m["phase"] for m in new["models"]] == ["Stopped", "Stopped"]
+    assert all(cluster.get("Job", NS, f"digits-resnet-vs-vit-{m}")["spec"]["suspend"] is True for m in ("resnet", "vit"))
+
+
+def test_a_failed_model_of_a_sequential_test_stops_its_waiting_analysis(memo, cluster):
+    abtest = apply_abtest(cluster, lambda m: m["spec"]["analysis"].update(sequential={"looks": 3, "spending": "pocock"}))
+    reconcile(memo, cluster, abtest)
+    cluster.set_job_status("digits-resnet-vs-vit-analysis", NS, {"active": 1, "ready": 1})
+    cluster.set_job_status(
+        "digits-resnet-vs-vit-vit",
+        NS,
+        {"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]},
+    )
+    assert reconcile(memo, cluster, abtest)["phase"] == "Failed"
+    assert cluster.get("Job", NS, "digits-resnet-vs-vit-analysis")["spec"]["suspend"] is True

@@ -279,6 +279,9 @@ LOCAL_MESSAGES = {
     "margin with superiority": "and not allowed with superiority",
     "margin 0.5": "spec.analysis.margin",
     "unknown hypothesis": "spec.analysis.hypothesis",
+    "one look": "spec.analysis.sequential.looks",
+    "unknown spending": "spec.analysis.sequential.spending",
+    "sequential non-inferiority": "spec.analysis.sequential decides superiority only",
 }
 
 

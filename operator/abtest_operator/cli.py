@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from abtest_api.constants import HYPOTHESES, MCNEMAR_TESTS, SUPERIORITY
+from abtest_api.constants import HYPOTHESES, MCNEMAR_TESTS, OBRIEN_FLEMING, SPENDING_FUNCTIONS, SUPERIORITY
 from abtest_api.errors import UserError
 
 # What `pip install abtest[evaluator]` adds; the control plane runs without them.
@@ -58,6 +58,13 @@ def add_analyze(sub) -> None:
         "--margin of the first (decided from the paired interval at 1 - 2 alpha)",
     )
     p.add_argument("--margin", type=float, help="for noninferiority and equivalence: accuracy as a fraction (0.01 = 1 point)")
+    p.add_argument(
+        "--looks",
+        type=int,
+        help="group-sequential: decide at K looks as the evaluators publish them (evaluate with the same --looks), "
+        "stopping at the first crossed boundary",
+    )
+    p.add_argument("--spending", default=OBRIEN_FLEMING, choices=SPENDING_FUNCTIONS, help="with --looks: the alpha-spending function")
     p.add_argument("--models", help="comma-separated model folders in A, B, … order (default: every folder, by name)")
     p.add_argument("--abtest", help="NAMESPACE/NAME: also write the verdict into that ABTest's status")
     p.add_argument("--abtest-uid", help="with --abtest: write only if the ABTest still has this UID (not a re-created namesake)")
@@ -67,17 +74,32 @@ def add_analyze(sub) -> None:
 def cmd_analyze(args) -> int:
     from pathlib import Path
 
-    from abtest_api.result import status_result
-    from abtest_evaluator.analysis import run_analysis
+    from abtest_api.result import status_result, status_sequential
+    from abtest_evaluator import analysis, publish
     from abtest_evaluator.report import text_table
 
     order = args.models.split(",") if args.models else None
-    result = run_analysis(Path(args.dir), args.alpha, args.test, order, hypothesis=args.hypothesis, margin=args.margin)
+    if args.looks:
+        if args.hypothesis != SUPERIORITY:
+            raise UserError(f"--looks decides superiority only, not --hypothesis {args.hypothesis}")
+
+        def on_look(result: dict) -> None:
+            seq = result["sequential"]
+            print(
+                f"look {seq['look']}/{seq['looks']}: n = {seq['samples_used']}, boundary {seq['boundary']:.3f}, "
+                + ", ".join(f"{c['a']} vs {c['b']} z = {c['z']:+.3f}" for c in result["comparisons"]),
+                flush=True,
+            )
+            if args.abtest and not (seq["stopped_early"] or seq["look"] == seq["looks"]):
+                publish.publish_look(args.abtest, status_sequential(result), uid=args.abtest_uid)
+
+        result = analysis.run_sequential(Path(args.dir), args.alpha, args.test, order, args.looks, args.spending, on_look=on_look)
+    else:
+        result = analysis.run_analysis(Path(args.dir), args.alpha, args.test, order, hypothesis=args.hypothesis, margin=args.margin)
     print(text_table(result))
     if args.abtest:
-        from abtest_evaluator.publish import publish_result
-
-        publish_result(args.abtest, status_result(result), uid=args.abtest_uid)
+        sequential = status_sequential(result) if result.get("sequential") else None
+        publish.publish_result(args.abtest, status_result(result), uid=args.abtest_uid, sequential=sequential)
         print(f"status of ABTest {args.abtest} updated")
     return 0
 

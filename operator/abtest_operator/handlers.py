@@ -20,7 +20,7 @@ import kopf
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from abtest_api.constants import GROUP, LABEL_MODEL, LABEL_NAME, LABEL_ROLE, PLURAL, VERSION
+from abtest_api.constants import GROUP, LABEL_MODEL, LABEL_NAME, PLURAL, VERSION
 from abtest_api.errors import NameConflict, UserError
 from abtest_operator import manifests, policy, status, watched
 from abtest_operator.metrics import OperatorMetrics
@@ -282,10 +282,12 @@ def reconcile(
                 return old
             seen.written.abtest(fresh)
             return reconcile(memo, fresh, seen, now, reread=False, created_before=tuple(created))  # the Events still say it
-    if new["phase"] == status.FAILED:  # stop paying for the other models (after a crash here, job_changed does it)
-        for name, state in models.items():
+    if status.is_terminal(new):  # stop paying for what is left (after a crash here, job_changed does it): the other
+        # models of a failed test, the models of a sequential test that stopped early, its analysis when a model failed
+        jobs = {manifests.model_job_name(spec, name): state for name, state in models.items()}
+        for name, state in {**jobs, manifests.analysis_job_name(spec): analysis}.items():
             if state.phase in ("Pending", "Running"):
-                suspend_job(clients, spec.namespace, manifests.model_job_name(spec, name))
+                suspend_job(clients, spec.namespace, name)
     announce(memo.events, abtest, old, new, created)
     metrics.observe(spec.namespace, spec.name, {**old, **new})
     return new
@@ -365,13 +367,9 @@ def job_changed(body: kopf.Body, namespace: str, memo: kopf.Memo, **kwargs) -> N
     abtest = seen.abtest(namespace, uid) if uid else None
     if abtest is None:  # not ours, or the ABTest is gone (garbage collection takes its Jobs)
         return
-    if (abtest.get("status") or {}).get("phase") == status.FAILED:  # leftovers of a failed ABTest stop
+    if status.is_terminal(abtest.get("status")):  # leftovers of a finished ABTest stop
         job = dict(body)
-        if (
-            job["metadata"]["labels"].get(LABEL_ROLE) == "model"
-            and not job["spec"].get("suspend")
-            and status.job_state(job).phase in ("Pending", "Running")
-        ):
+        if not job["spec"].get("suspend") and status.job_state(job).phase in ("Pending", "Running"):
             suspend_job(memo.clients, namespace, job["metadata"]["name"])
         return
     if not status.is_terminal(abtest.get("status")) and not memo.written.echoes(body):

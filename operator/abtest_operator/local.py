@@ -96,7 +96,9 @@ def child_envs(n: int, device: str) -> list[dict]:
     return envs
 
 
-def run_models(runs: list[plan.ModelRun], device: str, show_progress: bool) -> None:
+def run_models(runs: list[plan.ModelRun], device: str, show_progress: bool, alongside=None):
+    """Every model at once; ``alongside(idle)`` (a sequential analysis) runs meanwhile and its answer ends the run:
+    the models still evaluating are stopped. ``idle()`` raises when a model failed."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(
@@ -116,6 +118,8 @@ def run_models(runs: list[plan.ModelRun], device: str, show_progress: bool) -> N
     try:
         with progress:
             children = [Child(r, env, on_progress) for r, env in zip(runs, child_envs(len(runs), device))]
+            if alongside:
+                return alongside(lambda: _raise_failed(children))
             pending = list(children)
             while pending:
                 finished = _wait_any(pending)
@@ -125,6 +129,13 @@ def run_models(runs: list[plan.ModelRun], device: str, show_progress: bool) -> N
     finally:
         for child in children:
             child.stop()
+
+
+def _raise_failed(children: list[Child]) -> None:
+    for child in children:
+        if child.proc.poll() not in (None, 0):
+            child.wait()
+            raise UserError(f"model {child.run.name} failed: {child.error()}")
 
 
 def _wait_any(children: list[Child]) -> Child:
@@ -150,7 +161,7 @@ def publish_dir(staging: Path, out: Path) -> None:
 def run_local(
     manifest_path: str, out: str | None = None, device: str | None = None, show_progress: bool | None = None
 ) -> tuple[dict, Path]:
-    from abtest_evaluator.analysis import run_analysis
+    from abtest_evaluator.analysis import run_analysis, run_sequential
 
     spec = parse_abtest(load_manifest(manifest_path))
     device = device or spec.device
@@ -162,9 +173,20 @@ def run_local(
         spec, str(staging), models_dir=str(Path(manifest_path).resolve().parent), device=device, threads=threads, progress="json"
     )
     try:
-        run_models(runs, device, sys.stderr.isatty() if show_progress is None else show_progress)
+        show = sys.stderr.isatty() if show_progress is None else show_progress
         order = [m.name for m in spec.models]
-        result = run_analysis(staging, spec.alpha, spec.test, order, hypothesis=spec.hypothesis, margin=spec.margin)
+        if spec.looks:  # decide at each look as the models publish it; an early stop stops them
+            result = run_models(
+                runs,
+                device,
+                show,
+                alongside=lambda idle: run_sequential(
+                    staging, spec.alpha, spec.test, order, spec.looks, spec.spending, poll=0.2, idle=idle
+                ),
+            )
+        else:
+            run_models(runs, device, show)
+            result = run_analysis(staging, spec.alpha, spec.test, order, hypothesis=spec.hypothesis, margin=spec.margin)
         publish_dir(staging, out_dir)
         return result, out_dir
     finally:

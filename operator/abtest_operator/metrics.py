@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 
 from abtest_api.constants import PENDING, PHASES
 from abtest_api.errors import UserError
-from abtest_api.result import check_status_result
+from abtest_api.result import check_status_result, check_status_sequential
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,21 @@ class OperatorMetrics:
             ["abtest", "namespace", "model"],
             registry=r,
         )
+        self.sequential_z = Gauge(
+            "abtest_sequential_z",
+            "z of the discordant pairs of each pair at the latest look of a sequential ABTest (positive: A ahead).",
+            ["abtest", "namespace", "a", "b"],
+            registry=r,
+        )
+        self.sequential_boundary = Gauge(
+            "abtest_sequential_boundary",
+            "The |z| a pair must reach at the latest look of a sequential ABTest.",
+            ["abtest", "namespace"],
+            registry=r,
+        )
+        self.sequential_look = Gauge(
+            "abtest_sequential_look", "The latest look analysed of a sequential ABTest.", ["abtest", "namespace"], registry=r
+        )
         self.phase_info = Gauge("abtest_phase", "1 for the current phase of each ABTest.", ["abtest", "namespace", "phase"], registry=r)
         self._phases: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
@@ -56,10 +71,12 @@ class OperatorMetrics:
             self._refresh_phases()
             for phase in PHASES:
                 self.phase_info.labels(name, namespace, phase).set(1 if self._phases[key] == phase else 0)
-        result = status.get("result") or {}
+        result, sequential = status.get("result") or {}, status.get("sequential") or {}
         try:  # labels come from here: only what the CRD's schema bounds
             if result:
                 check_status_result(result)
+            if sequential:
+                check_status_sequential(sequential)
         except UserError as err:
             log.warning("ABTest %s/%s: not exporting its result: %s", namespace, name, err)
             return
@@ -70,12 +87,27 @@ class OperatorMetrics:
             self.significant.labels(name, namespace, c["a"], c["b"]).set(1 if c["significant"] else 0)
         if result.get("winner"):
             self.winner.labels(name, namespace, result["winner"]).set(1)
+        if sequential:
+            self.sequential_look.labels(name, namespace).set(sequential["look"])
+            self.sequential_boundary.labels(name, namespace).set(sequential["boundary"])
+            for c in sequential["statistics"]:
+                self.sequential_z.labels(name, namespace, c["a"], c["b"]).set(c["z"])
 
     def forget(self, namespace: str, name: str) -> None:
         with self._lock:
             self._phases.pop((namespace, name), None)
             self._refresh_phases()
-        for gauge in (self.accuracy, self.p_value, self.significant, self.winner, self.phase_info):
+        gauges = (
+            self.accuracy,
+            self.p_value,
+            self.significant,
+            self.winner,
+            self.phase_info,
+            self.sequential_z,
+            self.sequential_boundary,
+            self.sequential_look,
+        )
+        for gauge in gauges:
             for labels in [k for k in gauge._metrics if k[0] == name and k[1] == namespace]:  # noqa: SLF001 (prometheus-client has no public prefix removal)
                 gauge.remove(*labels)
 

@@ -48,6 +48,8 @@ def plan_analysis(spec: ABTestSpec, results_dir: str, publish: bool = False) -> 
     of the same name never receives the old one's verdict)."""
     argv = ["analyze", results_dir, "--alpha", str(spec.alpha), "--test", spec.test, "--models", ",".join(m.name for m in spec.models)]
     argv += ["--hypothesis", spec.hypothesis, *(("--margin", str(spec.margin)) if spec.margin is not None else ())]
+    if spec.looks:  # runs alongside the evaluators, deciding at each look
+        argv += ["--looks", str(spec.looks), "--spending", spec.spending]
     if publish:
         argv += ["--abtest", f"{spec.namespace}/{spec.name}", *(("--abtest-uid", spec.uid) if spec.uid else ())]
     return tuple(argv)

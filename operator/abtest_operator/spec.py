@@ -45,6 +45,8 @@ class ABTestSpec:
     test: str = "auto"
     hypothesis: str = SUPERIORITY
     margin: float | None = None
+    looks: int | None = None  # spec.analysis.sequential: a group-sequential test with this many looks
+    spending: str | None = None
     # Where the Jobs run and what they may use: the operator's fields.
     image: str | None = None
     gpus_per_model: int = 1
@@ -107,6 +109,10 @@ def check_rules(spec: dict) -> None:
             "ABTest is invalid: spec.analysis.margin (accuracy as a fraction, e.g. 0.01 = 1 point) is required with hypothesis "
             "noninferiority or equivalence, and not allowed with superiority"
         )
+    if "sequential" in analysis and analysis["hypothesis"] != SUPERIORITY:
+        raise UserError(
+            "ABTest is invalid: spec.analysis.sequential decides superiority only; remove it or set spec.analysis.hypothesis to superiority"
+        )
     if spec.get("gpusPerModel") and spec["device"] == "cpu":
         raise UserError("ABTest is invalid: spec.gpusPerModel must be 0 (or unset) when spec.device is cpu")
 
@@ -129,6 +135,8 @@ def parse_abtest(manifest: dict) -> ABTestSpec:
         test=spec["analysis"]["test"],
         hypothesis=spec["analysis"]["hypothesis"],
         margin=spec["analysis"].get("margin"),
+        looks=(spec["analysis"].get("sequential") or {}).get("looks"),
+        spending=(spec["analysis"].get("sequential") or {}).get("spending"),
         image=spec.get("image"),
         gpus_per_model=spec.get("gpusPerModel", 1),
         resources=spec.get("resources") or {},

@@ -153,9 +153,10 @@ def derive_status(
     conditions = [
         _condition(
             "ModelsComplete",
-            True if done else (False if failed else None),
-            "AllModelsSucceeded" if done else ("ModelFailed" if failed else "Evaluating"),
-            f"{n_done}/{len(model_jobs)} model Jobs succeeded",
+            True if done else (False if failed or phase == SUCCEEDED else None),
+            "AllModelsSucceeded" if done else ("ModelFailed" if failed else ("StoppedEarly" if phase == SUCCEEDED else "Evaluating")),
+            f"{n_done}/{len(model_jobs)} model Jobs succeeded"
+            + ("; the sequential analysis stopped the rest" if phase == SUCCEEDED and not done else ""),
             old,
             stamp,
             generation,
@@ -185,7 +186,9 @@ def derive_status(
     models = []
     for m in spec.models:
         s = model_jobs[m.name]
-        entry = {"name": m.name, "architecture": m.architecture, "job": manifests.model_job_name(spec, m.name), "phase": s.phase}
+        # a sequential test that stopped early stops the models still evaluating
+        shown = "Stopped" if phase == SUCCEEDED and s.phase in ("Pending", "Running", "Missing") else s.phase
+        entry = {"name": m.name, "architecture": m.architecture, "job": manifests.model_job_name(spec, m.name), "phase": shown}
         if s.start:
             entry["startTime"] = s.start
         if s.completion:
@@ -217,5 +220,7 @@ def is_terminal(status: dict | None) -> bool:
 
 
 def wanted_objects(spec: ABTestSpec, phase: str) -> tuple[bool, bool]:
-    """(create model Jobs?, create the analysis?) for a derived phase."""
-    return phase in (PENDING, RUNNING), phase == ANALYZING
+    """(create model Jobs?, create the analysis?) for a derived phase. A sequential analysis runs alongside the
+    models from the start: it decides at each look they publish."""
+    running = phase in (PENDING, RUNNING)
+    return running, phase == ANALYZING or (running and spec.looks is not None)

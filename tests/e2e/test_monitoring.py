@@ -6,10 +6,15 @@ import re
 import pytest
 
 from helpers import ROOT
-from kube import apply, example_manifest, wait_phase
+from kube import apply, example_manifest, jobs, wait_phase
 
 pytestmark = pytest.mark.e2e
 GPU_PANELS = {"GPU utilization", "GPU memory"}  # no series on CPU: GPU metrics are never faked
+SEQUENTIAL_PANELS = {"Sequential test: z against the boundary"}  # no series for a fixed-sample test
+
+
+def dashboard() -> dict:
+    return json.loads((ROOT / "charts" / "abtest-operator" / "dashboards" / "abtest.json").read_text())
 
 
 def slow_manifest(namespace: str) -> dict:
@@ -67,24 +72,73 @@ def test_operator_result_gauges_match_status(prometheus, watched):
 
 def test_every_dashboard_panel_returns_data(prometheus, watched):
     ns, _, midpoint, _ = watched
-    dashboard = json.loads((ROOT / "charts" / "abtest-operator" / "dashboards" / "abtest.json").read_text())
+    board = dashboard()
     values = {"$namespace": ns.name, "$abtest": "watched", "$model": ".*", "$__rate_interval": "1m"}
-    for variable in dashboard["templating"]["list"][1:]:
+    for variable in board["templating"]["list"][1:]:
         query = re.sub(r"label_values\((.*), (\w+)\)", r"\1", variable["query"]["query"])
         for key, value in values.items():
             query = query.replace(key, value)
         assert prometheus.query(query, at=midpoint), f"variable {variable['name']}: {query}"
     checked = 0
-    for panel in dashboard["panels"]:
+    for panel in board["panels"]:
         for target in panel["targets"]:
             expr = target["expr"]
             for key, value in values.items():
                 expr = expr.replace(key, value)
             live = "abtest_result" not in expr and "abtest_abtests" not in expr
             result = prometheus.query(expr, at=midpoint if live else None)
-            if panel["title"] in GPU_PANELS:
-                assert result == [], f"{panel['title']} shows a GPU series on a CPU run: {result}"
+            if panel["title"] in GPU_PANELS | SEQUENTIAL_PANELS:
+                assert result == [], f"{panel['title']} shows a series it should not (GPU on CPU, sequential on a fixed test): {result}"
             else:
                 assert result, f"panel {panel['title']!r} returned no series: {expr}"
                 checked += 1
     assert checked >= 10
+
+
+def test_a_sequential_test_stops_early_and_the_dashboard_shows_its_boundary(cluster, operator, prometheus, models_dir):
+    """A trained model against an untrained one, 10 looks: the analysis runs beside the evaluators, crosses the
+    boundary at an early look, and the operator stops the evaluations still running."""
+    from cluster.harness import make_namespace
+
+    ns = make_namespace(cluster, models_dir, "sequential")
+    manifest = example_manifest("abtest-digits-3way.yaml", ns.name, batchSize=16)
+    manifest["metadata"]["name"] = "early"
+    manifest["spec"]["dataset"]["split"] = "train"
+    trained = next(m for m in manifest["spec"]["models"] if m["name"] == "resnet")
+    untrained = {k: v for k, v in trained.items() if k != "checkpoint"} | {"name": "untrained"}
+    manifest["spec"]["models"] = [dict(trained, inputSize=128), dict(untrained, inputSize=128)]
+    manifest["spec"]["analysis"] = {"sequential": {"looks": 10}}
+    apply(cluster, manifest)
+    obj = wait_phase(cluster, ns.name, "early", ("Succeeded", "Failed"), timeout=300)
+    status = obj["status"]
+    assert status["phase"] == "Succeeded", status
+    result, seq = status["result"], status["sequential"]
+    n = 1437  # digits/train
+    assert result["stoppedEarly"] is True and result["samplesUsed"] == seq["samplesUsed"] < n
+    assert result["winner"] == "resnet" and result["verdict"].startswith(f"Stopped early at look {seq['look']} of 10")
+    (stat,) = seq["statistics"]
+    assert stat["z"] >= seq["boundary"] and stat["crossed"] and seq["stoppedEarly"]
+    assert 0 < result["alphaSpent"] < 0.05
+
+    # the remaining work stopped: a model Job still evaluating was suspended, and wrote no final predictions
+    model_jobs = {
+        j["metadata"]["labels"]["abtest.dev/model"]: j
+        for j in jobs(cluster, ns.name)
+        if j["metadata"]["labels"]["abtest.dev/role"] == "model"
+    }
+    stopped = [m for m, j in model_jobs.items() if j["spec"].get("suspend")]
+    assert stopped, {m: j.get("status") for m, j in model_jobs.items()}
+    results = ns.results / ns.name / "early" / obj["metadata"]["uid"]
+    for m in stopped:
+        assert not (results / m / "predictions.parquet").exists()
+        assert next(e for e in status["models"] if e["name"] == m)["phase"] == "Stopped"
+    saved = json.loads((results / "result.json").read_text())["sequential"]
+    assert saved["history"][-1]["n"] == seq["samplesUsed"] and "Sequential design" in (results / "report.html").read_text()
+
+    # the dashboard's sequential panel: z and the boundary, from the operator's gauges
+    panel = next(p for p in dashboard()["panels"] if p["title"] in SEQUENTIAL_PANELS)
+    for target in panel["targets"]:
+        expr = target["expr"].replace("$namespace", ns.name).replace("$abtest", "early")
+        series = cluster.wait_for(lambda e=expr: prometheus.query(e), 30, f"the sequential panel's {expr}")
+        if target["refId"] == "A":
+            assert float(series[0]["value"][1]) == pytest.approx(stat["z"], rel=1e-9)

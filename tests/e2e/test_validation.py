@@ -33,6 +33,9 @@ API_MESSAGES = {
     "margin with superiority": "and not allowed with superiority",
     "margin 0.5": "spec.analysis.margin",
     "unknown hypothesis": "spec.analysis.hypothesis: Unsupported value",
+    "one look": "spec.analysis.sequential.looks: Invalid value",
+    "unknown spending": "spec.analysis.sequential.spending: Unsupported value",
+    "sequential non-inferiority": "spec.analysis.sequential decides superiority only",
 }
 
 

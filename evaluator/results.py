@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,19 +133,7 @@ def load_model(model_dir: Path) -> ModelData:
             raise UserError(
                 f"{file} does not match the sha256 in {model_dir / METRICS}; it changed after the evaluation: re-run that model"
             )
-    table = read_predictions(model_dir)
-    for column in PREDICTION_COLUMNS:
-        if table.column(column).null_count:
-            raise UserError(
-                f"{model_dir.name}: predictions column {column!r} has {table.column(column).null_count} missing values; re-run that model"
-            )
-    index = table.column("index").to_numpy()
-    if not np.array_equal(index, np.arange(len(index))):
-        raise UserError(
-            f"{model_dir.name}: predictions index is not 0..{len(index) - 1} in order (missing or repeated samples); re-run that model"
-        )
-    labels = table.column("label").to_numpy()
-    confidence = table.column("confidence").to_numpy()
+    labels, correct, confidence = _read_columns(model_dir, files)
     if np.isnan(confidence).any():
         raise UserError(
             f"{model_dir.name}: predictions hold NaN confidences (a diverged model or broken AMP); re-run without --amp or check the checkpoint"
@@ -153,8 +142,39 @@ def load_model(model_dir: Path) -> ModelData:
         raise UserError(
             f"{model_dir.name}: metrics.json says n={metrics.get('n')} but predictions hold {len(labels)} rows; re-run that model"
         )
-    name = metrics.get("model") or model_dir.name
-    return ModelData(name, metrics, labels, table.column("pred").to_numpy() == labels, confidence)
+    return ModelData(metrics.get("model") or model_dir.name, metrics, labels, correct, confidence)
+
+
+def _read_columns(model_dir: Path, files: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """labels, correct and confidence in index order, checked for missing values and a complete index. One file is
+    read a row group at a time into arrays of the final size (at 10 million rows a whole table and its pred and
+    index columns would double the peak memory); shards are read whole and merged."""
+    if len(files) > 1:
+        table = read_predictions(model_dir)
+        return _checked(model_dir, table, 0, table.num_rows)
+    source = pq.ParquetFile(files[0])
+    n = source.metadata.num_rows
+    labels, correct, confidence = np.empty(n, np.int64), np.empty(n, bool), np.empty(n, np.float32)
+    pos = 0
+    for batch in source.iter_batches(batch_size=1 << 20, columns=list(PREDICTION_COLUMNS)):
+        m = batch.num_rows
+        labels[pos : pos + m], correct[pos : pos + m], confidence[pos : pos + m] = _checked(model_dir, batch, pos, n)
+        pos += m
+    return labels, correct, confidence
+
+
+def _checked(model_dir: Path, part: pa.Table | pa.RecordBatch, start: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One part of the predictions (rows ``start``… in index order) as arrays, refused when values are missing or the
+    index is not consecutive."""
+    for column in PREDICTION_COLUMNS:
+        if part.column(column).null_count:
+            raise UserError(
+                f"{model_dir.name}: predictions column {column!r} has {part.column(column).null_count} missing values; re-run that model"
+            )
+    if not np.array_equal(part.column("index").to_numpy(), np.arange(start, start + part.num_rows)):
+        raise UserError(f"{model_dir.name}: predictions index is not 0..{n - 1} in order (missing or repeated samples); re-run that model")
+    labels = part.column("label").to_numpy()
+    return labels, part.column("pred").to_numpy() == labels, part.column("confidence").to_numpy()
 
 
 def check_same_samples(models: list[ModelData]) -> None:
@@ -182,8 +202,10 @@ def load_models(root: Path, order: list[str] | None = None) -> list[ModelData]:
 
 
 def load_model_dirs(dirs: list[Path]) -> list[ModelData]:
-    """These folders' predictions and metrics (model folders, or their look folders), checked to be comparable."""
-    models = [load_model(d) for d in dirs]
+    """These folders' predictions and metrics (model folders, or their look folders), checked to be comparable.
+    Read in parallel: hashing and parquet decoding release the GIL."""
+    with ThreadPoolExecutor(max_workers=min(len(dirs), os.cpu_count() or 1)) as pool:
+        models = list(pool.map(load_model, dirs))
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise UserError(f"two model folders report the same model name ({', '.join(names)}); give each model a distinct --name")

@@ -199,11 +199,11 @@ def discordant_odds_ratio(table: Table, level: float = 0.95) -> dict:
 def per_class(labels: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float, test: str = "auto") -> list[dict]:
     """McNemar per true class (the samples of that class only), Holm across the classes that have discordant pairs."""
     n_classes = int(labels.max()) + 1 if len(labels) else 0
-    count = np.bincount(labels, minlength=n_classes)
-    n10 = np.bincount(labels, weights=a & ~b, minlength=n_classes).astype(int)
-    n01 = np.bincount(labels, weights=~a & b, minlength=n_classes).astype(int)
-    right_a = np.bincount(labels, weights=a, minlength=n_classes).astype(int)
-    right_b = np.bincount(labels, weights=b, minlength=n_classes).astype(int)
+    # one pass: the four (a, b) outcomes of each class as cells of a (class, outcome) count
+    cells = np.bincount(labels * 4 + (a.view(np.uint8) * 2 + b.view(np.uint8)), minlength=4 * n_classes).reshape(-1, 4)
+    n01, n10, both_right = cells[:, 1], cells[:, 2], cells[:, 3]
+    count = cells.sum(axis=1)
+    right_a, right_b = n10 + both_right, n01 + both_right
     rows = []
     for k in np.flatnonzero(n10 + n01):
         both = int(right_a[k] - n10[k])
@@ -271,24 +271,25 @@ def min_detectable_diff(n: int, discordant_rate: float, alpha: float, power: flo
     return float(optimize.brentq(gap, 1e-12, psi))
 
 
-def ratio_of_medians(a: np.ndarray, b: np.ndarray, seed: int = 0, resamples: int = 2000, max_points: int = 20000) -> dict:
-    """median(a) / median(b) over every batch, with a percentile-bootstrap 95% interval (the bootstrap alone
-    subsamples large inputs to ``max_points``: its cost is resamples x points)."""
+def ratio_of_medians(a: np.ndarray, b: np.ndarray, seed: int = 0, resamples: int = 2000) -> dict:
+    """median(a) / median(b) over every batch, with a percentile-bootstrap 95% interval. The bootstrap medians are
+    drawn from their exact bootstrap distribution (Efron 1979): no resample is built, so every batch counts at any
+    size (resampling 2000 x n points took seconds for a few tens of thousands of batches)."""
     rng = np.random.default_rng(seed)
     estimate = float(np.median(a) / np.median(b))
-    if len(a) > max_points:
-        a = rng.choice(a, max_points, replace=False)
-    if len(b) > max_points:
-        b = rng.choice(b, max_points, replace=False)
-    ratios = np.empty(resamples)
-    step = max(1, 2_000_000 // max(len(a), len(b), 1))
-    for start in range(0, resamples, step):
-        m = min(step, resamples - start)
-        ma = np.median(rng.choice(a, (m, len(a))), axis=1)
-        mb = np.median(rng.choice(b, (m, len(b))), axis=1)
-        ratios[start : start + m] = ma / mb
+    ratios = bootstrap_medians(a, resamples, rng) / bootstrap_medians(b, resamples, rng)
     lo, hi = np.percentile(ratios, [2.5, 97.5])
     return {"estimate": estimate, "ci95": [float(lo), float(hi)]}
+
+
+def bootstrap_medians(x: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """``size`` draws of the median of a bootstrap resample of ``x`` (its lower median for even n). The resample's
+    m-th smallest value is at most the j-th order statistic when at least m of its n draws fall at or below it:
+    P = P(Binomial(n, j/n) >= m), so the draws come from that CDF by inversion."""
+    ordered = np.sort(np.asarray(x, dtype=float))
+    n = len(ordered)
+    cdf = stats.binom.sf((n + 1) // 2 - 1, n, np.arange(1, n + 1) / n)
+    return ordered[np.minimum(np.searchsorted(cdf, rng.random(size), side="right"), n - 1)]
 
 
 def table_dict(table: Table) -> dict:

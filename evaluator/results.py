@@ -128,12 +128,16 @@ def load_model(model_dir: Path) -> ModelData:
     metrics = read_metrics(model_dir)
     expected = metrics.get("predictions_sha256") or {}
     files = predictions_files(model_dir)
-    for file in files:
-        if expected.get(file.name) != sha256_file(file):
-            raise UserError(
-                f"{file} does not match the sha256 in {model_dir / METRICS}; it changed after the evaluation: re-run that model"
-            )
-    labels, correct, confidence = _read_columns(model_dir, files)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # hashing (GIL-free) overlaps the decoding
+        digests = pool.map(sha256_file, files)
+        try:
+            labels, correct, confidence = _read_columns(model_dir, files)
+        finally:  # a changed file is named as such, whatever else is wrong with it
+            for file, digest in zip(files, digests):
+                if expected.get(file.name) != digest:
+                    raise UserError(
+                        f"{file} does not match the sha256 in {model_dir / METRICS}; it changed after the evaluation: re-run that model"
+                    )
     if np.isnan(confidence).any():
         raise UserError(
             f"{model_dir.name}: predictions hold NaN confidences (a diverged model or broken AMP); re-run without --amp or check the checkpoint"
@@ -202,10 +206,8 @@ def load_models(root: Path, order: list[str] | None = None) -> list[ModelData]:
 
 
 def load_model_dirs(dirs: list[Path]) -> list[ModelData]:
-    """These folders' predictions and metrics (model folders, or their look folders), checked to be comparable.
-    Read in parallel: hashing and parquet decoding release the GIL."""
-    with ThreadPoolExecutor(max_workers=min(len(dirs), os.cpu_count() or 1)) as pool:
-        models = list(pool.map(load_model, dirs))
+    """These folders' predictions and metrics (model folders, or their look folders), checked to be comparable."""
+    models = [load_model(d) for d in dirs]
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise UserError(f"two model folders report the same model name ({', '.join(names)}); give each model a distinct --name")

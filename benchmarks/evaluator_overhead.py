@@ -2,8 +2,9 @@
 
     python benchmarks/evaluator_overhead.py [--model timm/resnet18] [--input-size 64] [--batch-size 64] [--repeats 5]
 
-1. Throughput measured by abtest's evaluate() against a bare `torch.inference_mode()` loop over the same
-   preprocessed tensors, same model, batch size and threads, alternating A/B in one run.
+1. Throughput measured by abtest's evaluate() (its compute_throughput: the bare loop has no data loading, while
+   evaluate's wall-clock throughput honestly includes it) against a bare `torch.inference_mode()` loop over the
+   same preprocessed tensors, same model, batch size and threads, alternating A/B in one run.
    Target: ratio >= 0.97 (instrumentation costs <= 3%).
 2. The forward pass's achieved GFLOP/s (FLOPs from torch's FlopCounterMode) against this machine's
    measured float32 matmul GFLOP/s with the same threads.
@@ -120,7 +121,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):  # ABBA order, so drift in clocks or load hits both alike
             runs = [
-                lambda i=i: ours.append(evaluate(EvalConfig(**{**cfg.__dict__, "out": f"{tmp}/{i}"}))["throughput"]),
+                lambda i=i: ours.append(evaluate(EvalConfig(**{**cfg.__dict__, "out": f"{tmp}/{i}"}))["compute_throughput"]),
                 lambda: bare.append(bare_loop(module, batches, 3, device, amp_dtype, memory_format)),
             ]
             for run in runs if i % 2 == 0 else runs[::-1]:

@@ -54,6 +54,11 @@ def collect_warnings(models: list[ModelData]) -> list[str]:
     if any(m.metrics.get("versions") != models[0].metrics.get("versions") for m in models[1:]):
         warnings.append("models ran with different library versions (see each metrics.json's versions); figures may not be comparable")
     for m in models:
+        if m.metrics.get("data_bound"):
+            warnings.append(
+                f"{m.name} waited for data {m.metrics['loader_wait_fraction'] * 100:.0f}% of its timed loop: its throughput measures the "
+                "loader, not the model (raise spec.workers, or give the pod more CPU)"
+            )
         if m.metrics.get("weights") == "random":
             warnings.append(
                 f"{m.name} has random weights (no checkpoint, not pretrained): its accuracy says nothing about the architecture"
@@ -70,6 +75,8 @@ def model_summary(m: ModelData) -> dict:
         "correct": int(m.correct.sum()),
         "top5": met.get("top5"),
         "throughput": met.get("throughput"),
+        "compute_throughput": met.get("compute_throughput"),
+        "loader_wait_fraction": met.get("loader_wait_fraction"),
         "latency_ms_p50": met["latency"]["batch_ms"]["p50"],
         "latency_ms_p95": met["latency"]["batch_ms"]["p95"],
         "gpu_memory_bytes": gpu.get("max_allocated_bytes"),

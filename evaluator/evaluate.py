@@ -8,7 +8,7 @@ import platform
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -124,10 +124,13 @@ class Loop:
     started: float
     finished: float
     gpu_utilization: dict | None
+    loop_seconds: float = 0.0  # wall clock of the timed loop: from the first timed batch to the last one's bookkeeping
+    wait_seconds: float = 0.0  # of which the loop waited for the loader
 
     def prefix(self, n: int) -> Loop:
         """What the loop had measured by its first ``n`` samples (the batches so far, for a look)."""
-        return Loop(self.topk[:n], self.confidence[:n], list(self.batch_seconds), list(self.batch_sizes), self.started, time.time(), None)
+        return replace(self, topk=self.topk[:n], confidence=self.confidence[:n], batch_seconds=list(self.batch_seconds),
+                       batch_sizes=list(self.batch_sizes), finished=time.time())  # fmt: skip
 
 
 def prepare(cfg: EvalConfig) -> Prepared:
@@ -189,9 +192,15 @@ def run(prep: Prepared, telemetry: EvalTelemetry, on_look=None) -> Loop:
     looks = list(enumerate(look_sizes(n, cfg.looks)[:-1], 1)) if cfg.looks else []
     with sampler, Progress(cfg.progress, cfg.model_label, n) as progress:
         pos = 0
+        timed_from = ready = None  # the loop's clock starts after the first batch's loading and the warm-up
         for images, labels in prep.loader:
+            arrived = time.perf_counter()
             if pos == 0 and cfg.warmup_batches:
                 runner.warmup(images, cfg.warmup_batches)
+            if timed_from is None:
+                timed_from = time.perf_counter()
+            else:
+                loop.wait_seconds += arrived - ready
             batch = runner(images)
             size = len(labels)
             topk[pos : pos + size] = batch.topk.numpy()
@@ -207,7 +216,11 @@ def run(prep: Prepared, telemetry: EvalTelemetry, on_look=None) -> Loop:
             while looks and looks[0][1] <= pos:
                 look, samples = looks.pop(0)
                 on_look(look, loop.prefix(samples))
-    return Loop(topk, confidence, batch_seconds, batch_sizes, started, time.time(), sampler.summary() if prep.device == "cuda" else None)
+            ready = time.perf_counter()
+            loop.loop_seconds = ready - timed_from
+            telemetry.observe_loop(loop.loop_seconds, loop.wait_seconds)
+    gpu = sampler.summary() if prep.device == "cuda" else None
+    return replace(loop, finished=time.time(), gpu_utilization=gpu)
 
 
 def build_metrics(prep: Prepared, loop: Loop, look: int | None = None) -> dict:
@@ -222,6 +235,9 @@ def build_metrics(prep: Prepared, loop: Loop, look: int | None = None) -> dict:
         np.asarray(loop.batch_seconds),
         np.asarray(loop.batch_sizes),
         prep.num_classes,
+        loop.loop_seconds,
+        loop.wait_seconds,
+        prep.runner.timing,
     )
     metrics.update(
         {

@@ -31,6 +31,23 @@ def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BIN
     }
 
 
+DATA_BOUND = 0.2  # a loop that waited for data this share of its time measured the loader, not the model
+
+
+def throughputs(images: int, compute_seconds: float, loop_seconds: float, wait_seconds: float) -> dict:
+    """Honest figures (design.md §4): ``throughput`` over the loop's wall clock, data waits included;
+    ``compute_throughput`` over the summed device time of the batches; the share of the loop spent waiting."""
+    wall = loop_seconds if loop_seconds > 0 else compute_seconds  # a loop of one batch has no waits to count
+    wait = wait_seconds / wall if wall else 0.0
+    return {
+        "throughput": images / wall if wall else 0.0,
+        "compute_throughput": images / compute_seconds if compute_seconds else 0.0,
+        "loop_seconds": wall,
+        "loader_wait_fraction": wait,
+        "data_bound": wait >= DATA_BOUND,
+    }
+
+
 def latency_summary(batch_seconds: np.ndarray, batch_sizes: np.ndarray) -> dict:
     batch_ms = batch_seconds * 1e3
     image_ms = batch_ms / batch_sizes
@@ -54,7 +71,12 @@ def summarize(
     batch_seconds: np.ndarray,
     batch_sizes: np.ndarray,
     num_classes: int,
+    loop_seconds: float = 0.0,
+    wait_seconds: float = 0.0,
+    timing: str = "",
 ) -> dict:
+    """``loop_seconds``: the timed loop's wall clock, data waits included (``wait_seconds`` of it); ``timing``: what
+    the per-batch seconds measure."""
     correct = preds == labels
     matrix = confusion_matrix(labels, preds, labels=np.arange(num_classes))
     support = matrix.sum(axis=1)
@@ -65,8 +87,8 @@ def summarize(
         "correct": int(correct.sum()),
         "accuracy": float(correct.mean()),
         "top5": float(top5_hit.mean()) if top5_hit is not None else None,
-        "throughput": float(batch_sizes.sum() / batch_seconds.sum()),
-        "latency": latency_summary(batch_seconds, batch_sizes),
+        **throughputs(int(batch_sizes.sum()), float(batch_seconds.sum()), loop_seconds, wait_seconds),
+        "latency": latency_summary(batch_seconds, batch_sizes) | {"measures": timing},
         "confidence": {"mean": float(confidence.mean()), "std": float(confidence.std())},
         "ece": calib["ece"],
         "reliability": calib["bins"],

@@ -38,12 +38,15 @@ def _summary(result: dict) -> str:
                 "-" if m["top5"] is None else f"{m['top5'] * 100:.2f}%",
                 f"{m['latency_ms_p50']:.2f}",
                 f"{m['throughput']:.0f}",
+                "-" if m.get("compute_throughput") is None else f"{m['compute_throughput']:.0f}",
+                "-" if m.get("loader_wait_fraction") is None else f"{m['loader_wait_fraction'] * 100:.0f}%",
                 "-" if mem is None else f"{mem / 1e9:.2f}",
                 f"{m['ece']:.3f}",
                 m["device"] or "-",
             ]
         )
-    return _table(["model", "accuracy", "top-5", "latency ms/batch (p50)", "images/s", "GPU mem GB", "ECE", "device"], rows)
+    header = ["model", "accuracy", "top-5", "latency ms/batch (p50)", "images/s (wall)", "images/s (compute)", "waiting for data"]
+    return _table([*header, "GPU mem GB", "ECE", "device"], rows)
 
 
 def _comparisons(result: dict) -> str:

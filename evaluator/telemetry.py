@@ -31,7 +31,12 @@ class EvalTelemetry:
         self.accuracy = metric(Gauge, "abtest_running_accuracy", "Top-1 accuracy over the samples seen so far.")
         self.confidence = metric(Gauge, "abtest_confidence_mean", "Mean max-softmax confidence over the samples seen so far.")
         self.throughput = metric(
-            Gauge, "abtest_throughput_images_per_second", "Images per second of inference time so far (warm-up excluded)."
+            Gauge,
+            "abtest_throughput_images_per_second",
+            "Images per second of the timed loop's wall clock so far, data waits included (warm-up excluded).",
+        )
+        self.loader_wait = metric(
+            Gauge, "abtest_loader_wait_ratio", "Share of the timed loop spent waiting for the data loader so far (0-1)."
         )
         self.completed = metric(Gauge, "abtest_evaluation_completed", "1 once the evaluation has written its results.")
         # Label-only families: a series exists only once a GPU sets it.
@@ -50,7 +55,11 @@ class EvalTelemetry:
         self.batch_latency.observe(seconds)
         self.accuracy.set(self.running_accuracy)
         self.confidence.set(self._conf_sum / self._seen)
-        self.throughput.set(self._seen / self._seconds if self._seconds else 0.0)
+
+    def observe_loop(self, loop_seconds: float, wait_seconds: float) -> None:
+        if loop_seconds > 0:
+            self.throughput.set(self._seen / loop_seconds)
+            self.loader_wait.set(wait_seconds / loop_seconds)
 
     @property
     def running_accuracy(self) -> float:

@@ -259,6 +259,18 @@ def test_run_two_models_end_to_end(tmp_path, trained_models):
     assert not list(tmp_path.glob(".out.staging-*"))
 
 
+def test_run_with_fewer_gpus_than_models_queues_them_one_per_gpu(tmp_path, trained_models, capsys):
+    """Two models, one GPU (the count injected; the children run on the CPU here): never two at once on a device."""
+    from abtest_operator.local import run_local
+
+    manifest = _manifest(tmp_path, trained_models, [("resnet", "timm/resnet10t"), ("vit", "timm/test_vit")], name="queued")
+    result, out = run_local(str(manifest), str(tmp_path / "out"), show_progress=False, gpus=1)
+    first, second = sorted((read_json(out / n / "metrics.json") for n in ("resnet", "vit")), key=lambda m: m["started_at"])
+    assert first["finished_at"] <= second["started_at"]  # one after the other
+    assert "2 models on 1 GPU(s): 1 at a time, one per GPU, the others queued" in capsys.readouterr().err
+    assert result["n"] == 360
+
+
 def test_run_three_models_uses_cochran_and_holm(tmp_path, trained_models):
     names = [("resnet", "timm/resnet10t"), ("vit", "timm/test_vit"), ("shufflenet", "torchvision/shufflenet_v2_x0_5")]
     manifest = _manifest(tmp_path, trained_models, names, name="three")

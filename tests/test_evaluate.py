@@ -47,6 +47,13 @@ def test_metrics_agree_with_predictions(evaluated):
         assert np.trace(np.array(metrics["confusion_matrix"])) == correct.sum()
         assert metrics["gpu_memory"] is None and metrics["gpu_utilization"] is None  # CPU: null, never 0
         assert metrics["throughput"] > 0 and metrics["latency"]["batch_ms"]["p50"] > 0
+        # honest figures: wall clock of the loop (waits included) >= summed batch time, so throughput <= compute_throughput
+        compute = sum(metrics["latency"]["batches_ms"]) / 1e3
+        assert metrics["loop_seconds"] >= compute and metrics["throughput"] == pytest.approx(360 / metrics["loop_seconds"])
+        assert metrics["compute_throughput"] == pytest.approx(360 / compute, rel=1e-3)
+        assert metrics["compute_throughput"] >= metrics["throughput"]
+        assert 0 <= metrics["loader_wait_fraction"] < 1 and metrics["data_bound"] == (metrics["loader_wait_fraction"] >= 0.2)
+        assert metrics["latency"]["measures"].startswith("wall clock (perf_counter)")
         assert 0 <= metrics["ece"] <= 1
         assert metrics["seed"] == 42 and metrics["versions"]["torch"]
     # trained models are real: far better than the 10% of chance
@@ -292,6 +299,7 @@ def test_metrics_endpoint_shows_progress_while_running(tmp_path, trained_models)
         "abtest_running_accuracy",
         "abtest_confidence_mean",
         "abtest_throughput_images_per_second",
+        "abtest_loader_wait_ratio",
     ):
         assert family in text
     assert "abtest_gpu_memory_bytes{" not in text  # CPU: no series at all, never a fake 0
@@ -501,3 +509,26 @@ def test_trained_checkpoints_are_readable_by_other_users(trained_models):
     """Evaluator pods run as UID 65532: a checkpoint the user trained must not be owner-only (safetensors writes 0600)."""
     for path in trained_models.values():
         assert path.stat().st_mode & 0o044 == 0o044, f"{path.name} is {oct(path.stat().st_mode & 0o777)}"
+
+
+def test_throughput_counts_the_waits_for_data():
+    from abtest_evaluator.measurements import throughputs
+
+    figures = throughputs(images=100, compute_seconds=1.0, loop_seconds=2.0, wait_seconds=1.0)
+    assert figures == {
+        "throughput": 50.0,
+        "compute_throughput": 100.0,
+        "loop_seconds": 2.0,
+        "loader_wait_fraction": 0.5,
+        "data_bound": True,
+    }
+    assert throughputs(10, 0.5, 0.0, 0.0)["throughput"] == 20.0  # one batch: its time is the loop's
+
+
+def test_loading_in_the_loop_shows_as_waiting_for_data(tmp_path, trained_models):
+    """With --workers 0 every batch is decoded and resized inside the loop: the wait is measured, not hidden."""
+    proc = evaluate_tiny(trained_models, "--workers", "0", "--batch-size", "16", "--input-size", "64", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    metrics = read_json(tmp_path / "metrics.json")
+    assert metrics["loader_wait_fraction"] > 0 and metrics["throughput"] < metrics["compute_throughput"]
+    assert f"{metrics['loader_wait_fraction'] * 100:.0f}% waiting for data" in proc.stdout

@@ -40,7 +40,8 @@ def cmd_evaluate(args) -> int:
     metrics = evaluate(from_args(args))
     print(
         f"{metrics['model']}: accuracy {metrics['accuracy']:.4f} on {metrics['n']} samples, "
-        f"{metrics['throughput']:.1f} img/s, p50 {metrics['latency']['batch_ms']['p50']:.2f} ms/batch -> {args.out}"
+        f"{metrics['throughput']:.1f} img/s ({metrics['compute_throughput']:.1f} computing, {metrics['loader_wait_fraction'] * 100:.0f}% "
+        f"waiting for data), p50 {metrics['latency']['batch_ms']['p50']:.2f} ms/batch -> {args.out}"
     )
     return 0
 

@@ -84,23 +84,51 @@ class Child:
                 self.proc.wait()
 
 
-def child_envs(n: int, device: str) -> list[dict]:
-    """One GPU per model when there are enough, and the CPU threads split between models."""
-    gpus = gpu_count() if device != "cpu" else 0
-    envs = []
-    for i in range(n):
-        env = dict(os.environ)
-        if gpus >= n:
-            env["CUDA_VISIBLE_DEVICES"] = str(i)
-        envs.append(env)
-    return envs
+class Queue:
+    """The model runs, started as devices free up: every model at once on CPU (threads split between them); on GPUs
+    one model per GPU at a time, the rest queued, since two models sharing a GPU blur each other's latency and
+    utilization."""
+
+    def __init__(self, runs: list[plan.ModelRun], gpus: int, on_progress):
+        self.pending, self.running, self.on_progress = list(runs), {}, on_progress
+        self.free = [str(i) for i in range(min(gpus, len(runs)))] if gpus else [None] * len(runs)
+        self.children: list[Child] = []
+
+    def advance(self) -> bool:
+        """Collect finished models (a UserError for a failed one), start queued ones on freed devices; True when all ran."""
+        for slot, child in list(self.running.items()):
+            if child.proc.poll() is not None:
+                child.wait()
+                if child.proc.returncode != 0:
+                    raise UserError(f"model {child.run.name} failed: {child.error()}")
+                del self.running[slot]
+                self.free.append(slot[0])
+        while self.pending and self.free:
+            gpu, run = self.free.pop(0), self.pending.pop(0)
+            env = dict(os.environ) | ({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})
+            child = Child(run, env, self.on_progress)
+            self.children.append(child)
+            self.running[(gpu, run.name)] = child
+        return not self.pending and not self.running
+
+    def stop(self) -> None:
+        for child in self.children:
+            child.stop()
 
 
-def run_models(runs: list[plan.ModelRun], device: str, show_progress: bool, alongside=None):
-    """Every model at once; ``alongside(idle)`` (a sequential analysis) runs meanwhile and its answer ends the run:
-    the models still evaluating are stopped. ``idle()`` raises when a model failed."""
+def run_models(runs: list[plan.ModelRun], device: str, show_progress: bool, alongside=None, gpus: int | None = None):
+    """Every model (queued per GPU when GPUs are fewer than models); ``alongside(idle)`` (a sequential analysis) runs
+    meanwhile and its answer ends the run: the models still evaluating are stopped. ``idle()`` advances the queue and
+    raises when a model failed. ``gpus``: the GPUs to use (default: those NVML sees, none with device cpu)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    gpus = (gpu_count() if device != "cpu" else 0) if gpus is None else gpus
+    if 0 < gpus < len(runs):
+        print(
+            f"{len(runs)} models on {gpus} GPU(s): {gpus} at a time, one per GPU, the others queued "
+            "(two models sharing a GPU would blur each other's latency and utilization)",
+            file=sys.stderr,
+        )
     progress = Progress(
         TextColumn("{task.description:<28}"),
         BarColumn(),
@@ -114,37 +142,16 @@ def run_models(runs: list[plan.ModelRun], device: str, show_progress: bool, alon
     def on_progress(name: str, event: dict) -> None:
         progress.update(tasks[name], completed=event["progress"], total=event["total"], description=f"{name} acc {event['accuracy']:.3f}")
 
-    children: list[Child] = []
+    queue = Queue(runs, gpus, on_progress)
     try:
         with progress:
-            children = [Child(r, env, on_progress) for r, env in zip(runs, child_envs(len(runs), device))]
+            queue.advance()
             if alongside:
-                return alongside(lambda: _raise_failed(children))
-            pending = list(children)
-            while pending:
-                finished = _wait_any(pending)
-                pending.remove(finished)
-                if finished.proc.returncode != 0:
-                    raise UserError(f"model {finished.run.name} failed: {finished.error()}")
+                return alongside(queue.advance)
+            while not queue.advance():
+                time.sleep(0.1)
     finally:
-        for child in children:
-            child.stop()
-
-
-def _raise_failed(children: list[Child]) -> None:
-    for child in children:
-        if child.proc.poll() not in (None, 0):
-            child.wait()
-            raise UserError(f"model {child.run.name} failed: {child.error()}")
-
-
-def _wait_any(children: list[Child]) -> Child:
-    while True:
-        for child in children:
-            if child.proc.poll() is not None:
-                child.wait()
-                return child
-        time.sleep(0.1)
+        queue.stop()
 
 
 def publish_dir(staging: Path, out: Path) -> None:
@@ -159,7 +166,7 @@ def publish_dir(staging: Path, out: Path) -> None:
 
 
 def run_local(
-    manifest_path: str, out: str | None = None, device: str | None = None, show_progress: bool | None = None
+    manifest_path: str, out: str | None = None, device: str | None = None, show_progress: bool | None = None, gpus: int | None = None
 ) -> tuple[dict, Path]:
     from abtest_evaluator.analysis import run_analysis, run_sequential
 
@@ -180,12 +187,13 @@ def run_local(
                 runs,
                 device,
                 show,
+                gpus=gpus,
                 alongside=lambda idle: run_sequential(
                     staging, spec.alpha, spec.test, order, spec.looks, spec.spending, poll=0.2, idle=idle
                 ),
             )
         else:
-            run_models(runs, device, show)
+            run_models(runs, device, show, gpus=gpus)
             result = run_analysis(staging, spec.alpha, spec.test, order, hypothesis=spec.hypothesis, margin=spec.margin)
         publish_dir(staging, out_dir)
         return result, out_dir

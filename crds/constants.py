@@ -36,3 +36,18 @@ def look_dir(look: int, looks: int) -> str:
 def look_sizes(n: int, looks: int) -> list[int]:
     """Samples analysed at each look: equal parts of the shared order, the last look all of them."""
     return [max(1, (k * n) // looks) for k in range(1, looks + 1)]
+
+
+# Shards (spec.shardsPerModel): one model's evaluation split across N pods, part I covering a contiguous range
+# of the shared order; its files carry the part in their names (design.md §4).
+MAX_SHARDS = 64
+
+
+def shard_file(stem: str, index: int, count: int, suffix: str) -> str:
+    """``predictions-0000I-of-0000N.parquet`` / ``metrics-0000I-of-0000N.json``."""
+    return f"{stem}-{index:05d}-of-{count:05d}{suffix}"
+
+
+def shard_range(n: int, index: int, count: int) -> tuple[int, int]:
+    """[start, end) of part ``index`` of ``count`` over ``n`` samples: contiguous, sizes differing by at most one."""
+    return (index * n) // count, ((index + 1) * n) // count

@@ -60,6 +60,11 @@ class EvalConfig:
     namespace: str = option("", help="ABTest namespace (metric label)")
     name: str = option("", help="the model's name in the ABTest (metric label, default: --model)", spec="model:name")
     progress: str = option("auto", help="progress display", choices=("auto", "bar", "json", "none"))
+    shard: str | None = option(
+        None,
+        help="evaluate part I of N (0-based, I/N) of the shared order and write the shard files (predictions-0000I-of-0000N.parquet, "
+        "metrics-…json); the analysis merges them",
+    )
     looks: int | None = option(
         None,
         help="also publish the predictions of the first samples at K equal looks (a group-sequential analysis reads them)",

@@ -42,6 +42,12 @@ class EvalDataset:
             raise UserError(f"--limit must be at least 1, got {limit}")
         return EvalDataset(self.name, self.ids[:limit], self.labels[:limit], self.num_classes, self.load, self.classes)
 
+    def part(self, start: int, end: int) -> EvalDataset:
+        """Samples [start, end) of the order (one shard's), loaded by their positions in the whole."""
+        return EvalDataset(
+            self.name, self.ids[start:end], self.labels[start:end], self.num_classes, lambda i: self.load(start + i), self.classes
+        )
+
     def fingerprint(self) -> str:
         return fingerprint(self.ids, self.labels)
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from abtest_api.constants import MAX_LOOKS, METRICS, PREDICTIONS, look_dir, look_sizes
+from abtest_api.constants import MAX_LOOKS, METRICS, PREDICTIONS, look_dir, look_sizes, shard_file, shard_range
 from abtest_api.errors import UserError
 from abtest_api.evaluate import EvalConfig
 from abtest_evaluator import datasets, measurements, models, resolve, results
@@ -50,11 +50,12 @@ def library_versions() -> dict:
     }
 
 
-def predictions_table(labels, topk, confidence, ids) -> pa.Table:
+def predictions_table(labels, topk, confidence, ids, start: int = 0) -> pa.Table:
+    """One row per sample; ``index`` is its position in the shared order (a shard's rows start at ``start``)."""
     k = topk.shape[1]
     return pa.table(
         {
-            "index": pa.array(np.arange(len(labels), dtype=np.int64)),
+            "index": pa.array(np.arange(start, start + len(labels), dtype=np.int64)),
             "label": pa.array(labels.astype(np.int64)),
             "pred": pa.array(topk[:, 0].astype(np.int64)),
             "confidence": pa.array(confidence.astype(np.float32)),
@@ -111,6 +112,8 @@ class Prepared:
     data_config: resolve.DataConfig
     loader: DataLoader
     runner: Runner
+    fingerprint: str  # of every sample in the shared order (a shard evaluates a part of it)
+    shard: tuple[int, int, int, int] | None = None  # (index, count, first sample, samples in all) of a sharded run
 
 
 @dataclass
@@ -147,6 +150,15 @@ def prepare(cfg: EvalConfig) -> Prepared:
     seed_everything(cfg.seed, device)
 
     ds = datasets.load_dataset(cfg.dataset, cfg.split, cfg.path, cfg.limit, cfg.dataset_class)
+    fingerprint, shard = ds.fingerprint(), None
+    if cfg.shard:
+        index, count = resolve.parse_shard(cfg.shard)
+        if cfg.looks:
+            raise UserError("--shard and --looks cannot be combined (a sequential test needs each model's whole order in one pod)")
+        start, end = shard_range(len(ds), index, count)
+        if start == end:
+            raise UserError(f"--shard {cfg.shard}: {len(ds)} samples leave part {index} empty; use at most {len(ds)} shards")
+        shard, ds = (index, count, start, len(ds)), ds.part(start, end)
     if cfg.looks and len(ds) < cfg.looks:
         raise UserError(f"dataset {ds.name} has {len(ds)} samples, fewer than --looks {cfg.looks}; lower spec.analysis.sequential.looks")
     num_classes = cfg.num_classes or ds.num_classes
@@ -173,7 +185,7 @@ def prepare(cfg: EvalConfig) -> Prepared:
         persistent_workers=False,
     )
     runner = Runner(loaded.module, device, amp_dtype, cfg.channels_last, cfg.compile)
-    return Prepared(cfg, started, device, amp_dtype, threads, ds, num_classes, loaded, data_cfg, loader, runner)
+    return Prepared(cfg, started, device, amp_dtype, threads, ds, num_classes, loaded, data_cfg, loader, runner, fingerprint, shard)
 
 
 def run(prep: Prepared, telemetry: EvalTelemetry, on_look=None) -> Loop:
@@ -245,7 +257,7 @@ def build_metrics(prep: Prepared, loop: Loop, look: int | None = None) -> dict:
             "architecture": cfg.model,
             "weights": prep.model.weights,
             "dataset": {"name": ds.name, "split": cfg.split, "path": cfg.path, "limit": cfg.limit, "classes": ds.classes},
-            "fingerprint": ds.fingerprint(),
+            "fingerprint": prep.fingerprint,
             "seed": cfg.seed,
             "batch_size": cfg.batch_size,
             "warmup_batches": cfg.warmup_batches,
@@ -268,18 +280,27 @@ def build_metrics(prep: Prepared, loop: Loop, look: int | None = None) -> dict:
             "abtest": {"name": cfg.abtest, "namespace": cfg.namespace} if cfg.abtest else None,
         }
     )
+    if prep.shard:
+        index, count, start, total = prep.shard
+        metrics["shard"] = {"index": index, "count": count, "start": start, "n_total": total}
     if cfg.looks:  # which look these files are, of how many over how many samples (the analysis' information fraction)
         metrics["look"] = {"look": look, "looks": cfg.looks, "n_total": len(ds)}
     return metrics
 
 
-def write(out: Path, metrics: dict, predictions: pa.Table) -> None:
-    """predictions.parquet, then metrics.json with its checksum: metrics.json's presence means "complete"."""
+def write(out: Path, metrics: dict, predictions: pa.Table, shard: tuple | None = None) -> None:
+    """predictions.parquet, then metrics.json with its checksum: metrics.json's presence means "complete" (a shard's
+    files carry its part in their names)."""
     out.mkdir(parents=True, exist_ok=True)
-    path = out / PREDICTIONS
+    names = (
+        (PREDICTIONS, METRICS)
+        if not shard
+        else (shard_file("predictions", *shard[:2], ".parquet"), shard_file("metrics", *shard[:2], ".json"))
+    )
+    path = out / names[0]
     results.atomic_write_parquet(path, predictions)
-    metrics["predictions_sha256"] = {PREDICTIONS: results.sha256_file(path)}
-    results.atomic_write_json(out / METRICS, metrics)
+    metrics["predictions_sha256"] = {names[0]: results.sha256_file(path)}
+    results.atomic_write_json(out / names[1], metrics)
 
 
 def write_result(prep: Prepared, loop: Loop, look: int | None) -> dict:
@@ -288,7 +309,8 @@ def write_result(prep: Prepared, loop: Loop, look: int | None) -> dict:
     if look is not None and look < prep.cfg.looks:
         out = out / look_dir(look, prep.cfg.looks)
     metrics = build_metrics(prep, loop, look)
-    write(out, metrics, predictions_table(ds.labels[:n], loop.topk, loop.confidence, ds.ids[:n]))
+    start = prep.shard[2] if prep.shard else 0
+    write(out, metrics, predictions_table(ds.labels[:n], loop.topk, loop.confidence, ds.ids[:n], start), prep.shard)
     return metrics
 
 

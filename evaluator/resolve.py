@@ -134,3 +134,13 @@ def resolve_threads(requested: int | None = None, cgroup_root: Path = Path("/sys
     available = len(os.sched_getaffinity(0))
     limit = cgroup_cpu_limit(cgroup_root)
     return min(available, limit) if limit else available
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``I/N`` -> (I, N), 0 <= I < N <= MAX_SHARDS; a UserError naming the flag otherwise."""
+    from abtest_api.constants import MAX_SHARDS
+
+    index, sep, count = text.partition("/")
+    if sep and index.isdigit() and count.isdigit() and 0 <= int(index) < int(count) <= MAX_SHARDS:
+        return int(index), int(count)
+    raise UserError(f"--shard must be I/N with 0 <= I < N <= {MAX_SHARDS} (part I of N, 0-based), got {text!r}")

@@ -89,8 +89,78 @@ def read_predictions(model_dir: Path, columns: tuple[str, ...] = PREDICTION_COLU
     return table
 
 
+METRICS_SHARD_RE = re.compile(r"metrics-(\d{5})-of-(\d{5})\.json")
+
+
 def read_metrics(model_dir: Path) -> dict:
-    path = model_dir / METRICS
+    """metrics.json, or the shards' metrics merged into the figures of one run over every sample."""
+    if not (model_dir / METRICS).is_file():
+        shards = sorted(p for p in model_dir.glob("metrics-*-of-*.json") if METRICS_SHARD_RE.fullmatch(p.name))
+        if shards:
+            total = int(METRICS_SHARD_RE.fullmatch(shards[0].name).group(2))
+            found = {int(METRICS_SHARD_RE.fullmatch(p.name).group(1)) for p in shards}
+            if found != set(range(total)):
+                raise UserError(
+                    f"{model_dir} has the metrics of shards {sorted(found)} of {total}; wait for every shard or rerun the missing ones"
+                )
+            return merge_shards([_read_json(p) for p in shards])
+    return _read_json(model_dir / METRICS)
+
+
+def merge_shards(parts: list[dict]) -> dict:
+    """One run's metrics from its shards' (in shard order): counts, the confusion matrix and the calibration bins add up,
+    so accuracy, top-5, per-class accuracy and ECE equal an unsharded run's; latency pools every batch; throughput is
+    the images over the shards' common wall-clock span (they ran in parallel), compute throughput their sum."""
+    from abtest_evaluator import measurements
+
+    first, n = parts[0], sum(p["n"] for p in parts)
+    if len({p["fingerprint"] for p in parts}) > 1 or len({p["shard"]["n_total"] for p in parts}) > 1:
+        raise UserError(f"the shards of {first.get('model')} saw different samples (fingerprints differ); rerun them with the same dataset")
+    matrix = np.sum([np.asarray(p["confusion_matrix"]) for p in parts], axis=0)
+    support = matrix.sum(axis=1)
+    bins = [p["reliability"] for p in parts]
+    count = np.sum([b["count"] for b in bins], axis=0)
+
+    def pooled(key: str) -> list:
+        weighted = np.sum([np.nan_to_num(np.array(b[key], dtype=float)) * np.array(b["count"]) for b in bins], axis=0)
+        return [float(w / c) if c else None for w, c in zip(weighted, count)]
+
+    accuracy, confidence = pooled("accuracy"), pooled("confidence")
+    mean = sum(p["confidence"]["mean"] * p["n"] for p in parts) / n
+    square = sum((p["confidence"]["std"] ** 2 + p["confidence"]["mean"] ** 2) * p["n"] for p in parts) / n
+    batch_ms = np.concatenate([p["latency"]["batches_ms"] for p in parts])
+    sizes = np.concatenate([p["latency"]["batch_sizes"] for p in parts])
+    loop, wait = sum(p["loop_seconds"] for p in parts), sum(p["loader_wait_fraction"] * p["loop_seconds"] for p in parts)
+    span = max(p["finished_at"] for p in parts) - min(p["loop_started_at"] for p in parts)
+    merged = {
+        **first,
+        "n": n,
+        "correct": int(np.trace(matrix)),
+        "accuracy": float(np.trace(matrix) / n),
+        "top5": None if any(p["top5"] is None for p in parts) else sum(p["top5"] * p["n"] for p in parts) / n,
+        "throughput": n / span if span > 0 else sum(p["throughput"] for p in parts),
+        "compute_throughput": sum(p["compute_throughput"] for p in parts),
+        "loop_seconds": span,
+        "loader_wait_fraction": wait / loop if loop else 0.0,
+        "data_bound": any(p["data_bound"] for p in parts),
+        "latency": measurements.latency_summary(batch_ms / 1e3, sizes) | {"measures": first["latency"].get("measures", "")},
+        "confidence": {"mean": mean, "std": float(np.sqrt(max(square - mean * mean, 0.0)))},
+        "ece": float(sum(abs(a - c) * k for a, c, k in zip(accuracy, confidence, count) if k) / n),
+        "reliability": {**bins[0], "count": count.tolist(), "accuracy": accuracy, "confidence": confidence},
+        "per_class_accuracy": [float(matrix[c, c] / support[c]) if support[c] else None for c in range(len(matrix))],
+        "class_support": support.tolist(),
+        "confusion_matrix": matrix.tolist(),
+        "gpu_memory": first.get("gpu_memory"),
+        "predictions_sha256": {k: v for p in parts for k, v in p["predictions_sha256"].items()},
+        "started_at": min(p["started_at"] for p in parts),
+        "loop_started_at": min(p["loop_started_at"] for p in parts),
+        "finished_at": max(p["finished_at"] for p in parts),
+        "shard": {"count": len(parts), "n_total": first["shard"]["n_total"]},
+    }
+    return merged
+
+
+def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:

@@ -72,6 +72,8 @@ INVALID_SPECS = {
     "unknown hypothesis": lambda s: s.update(analysis={"hypothesis": "better"}),
     "one look": lambda s: s.update(analysis={"sequential": {"looks": 1}}),
     "unknown spending": lambda s: s.update(analysis={"sequential": {"looks": 3, "spending": "haybittle"}}),
+    "sharded sequential": lambda s: s.update(shardsPerModel=2, analysis={"sequential": {"looks": 3}}),
+    "65 shards": lambda s: s.update(shardsPerModel=65),
     "sequential non-inferiority": lambda s: s.update(analysis={"hypothesis": "noninferiority", "margin": 0.01, "sequential": {"looks": 3}}),
 }
 

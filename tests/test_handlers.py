@@ -468,3 +468,15 @@ def test_a_failed_model_of_a_sequential_test_stops_its_waiting_analysis(memo, cl
     )
     assert reconcile(memo, cluster, abtest)["phase"] == "Failed"
     assert cluster.get("Job", NS, "digits-resnet-vs-vit-analysis")["spec"]["suspend"] is True
+
+
+def test_a_sharded_model_is_one_indexed_job_whose_pods_learn_their_part(memo, cluster):
+    abtest = apply_abtest(cluster, lambda m: m["spec"].update(shardsPerModel=3))
+    reconcile(memo, cluster, abtest)
+    job = cluster.get("Job", NS, "digits-resnet-vs-vit-resnet")
+    assert (job["spec"]["completionMode"], job["spec"]["completions"], job["spec"]["parallelism"]) == ("Indexed", 3, 3)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][container["args"].index("--shard") + 1] == "$(ABTEST_SHARD)/3"
+    shard_env = next(e for e in container["env"] if e["name"] == "ABTEST_SHARD")
+    assert shard_env["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    assert len(cluster.of_kind("Job")) == 2  # one Job per model, whatever the shards

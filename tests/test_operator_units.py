@@ -282,6 +282,8 @@ LOCAL_MESSAGES = {
     "one look": "spec.analysis.sequential.looks",
     "unknown spending": "spec.analysis.sequential.spending",
     "sequential non-inferiority": "spec.analysis.sequential decides superiority only",
+    "sharded sequential": "spec.shardsPerModel above 1 cannot be combined with spec.analysis.sequential",
+    "65 shards": "spec.shardsPerModel",
 }
 
 

@@ -176,9 +176,11 @@ def run_local(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.parent / f".{out_dir.name}.staging-{os.getpid()}"
     threads = max(1, available_cpus() // len(spec.models))
+    threads = max(1, threads // spec.shards)
     runs = plan.plan_models(
         spec, str(staging), models_dir=str(Path(manifest_path).resolve().parent), device=device, threads=threads, progress="json"
     )
+    runs = plan.plan_shards(runs, spec.shards)
     try:
         show = sys.stderr.isatty() if show_progress is None else show_progress
         order = [m.name for m in spec.models]

@@ -17,6 +17,7 @@ from abtest_operator.spec import ABTestSpec
 CONTAINER = "evaluator"
 RESULTS_MOUNT, MODELS_MOUNT, DATA_MOUNT = "/results", "/models", "/data"
 UID = 65532  # the images' non-root user
+SHARD_ENV, COMPLETION_INDEX = "ABTEST_SHARD", "batch.kubernetes.io/job-completion-index"
 
 
 def object_name(*parts: str, limit: int = 63) -> str:
@@ -201,13 +202,18 @@ def _pod_spec(
 def build_model_job(spec: ABTestSpec, run: plan.ModelRun, cfg: OperatorConfig) -> dict:
     """One model's Job: same image, seed and data flags as every other model; only the model differs."""
     env = [*_env(spec, cfg), {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+    if spec.shards > 1:
+        env.append({"name": SHARD_ENV, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX}']"}}})
     pod_spec = _pod_spec(spec, cfg, list(run.argv), env, model_resources(spec, cfg), True, automountServiceAccountToken=False)
     pod_spec["containers"][0]["ports"] = [{"name": "metrics", "containerPort": cfg.metrics_port}]
     for key, value in (("nodeSelector", spec.node_selector), ("tolerations", model_tolerations(spec)), ("affinity", spec.affinity)):
         if value:  # the same for every model: hardware parity
             pod_spec[key] = value
     annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(cfg.metrics_port), "prometheus.io/path": "/metrics"}
-    return _job(spec, model_job_name(spec, run.name), "model", pod_spec, run.name, annotations)
+    job = _job(spec, model_job_name(spec, run.name), "model", pod_spec, run.name, annotations)
+    if spec.shards > 1:  # one pod per part, all at once: the Job completes when every index has
+        job["spec"].update(completionMode="Indexed", completions=spec.shards, parallelism=spec.shards)
+    return job
 
 
 def analysis_service_account(spec: ABTestSpec) -> str:
@@ -280,6 +286,8 @@ def model_runs(spec: ABTestSpec, cfg: OperatorConfig) -> list[plan.ModelRun]:
         metrics_addr="$(POD_IP)",
         progress="none",
         pushgateway=cfg.pushgateway,
+        # an Indexed Job's pods learn their part from the completion index (the downward API, see build_model_job)
+        shard=f"$({SHARD_ENV})/{spec.shards}" if spec.shards > 1 else None,
     )
 
 

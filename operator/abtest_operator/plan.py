@@ -8,7 +8,7 @@ output folder differ.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 
 from abtest_api.evaluate import EvalConfig, to_argv
@@ -41,6 +41,14 @@ def model_config(spec: ABTestSpec, model: ModelSpec, out: str, models_dir: str |
 def plan_models(spec: ABTestSpec, results_dir: str, models_dir: str | None = None, **executor) -> list[ModelRun]:
     """One run per model, writing to ``results_dir/<model>``."""
     return [ModelRun(m.name, model_config(spec, m, str(PurePosixPath(results_dir) / m.name), models_dir, **executor)) for m in spec.models]
+
+
+def plan_shards(runs: list[ModelRun], count: int) -> list[ModelRun]:
+    """Each run split into ``count`` parts (``abtest run`` starts one process per part; in a cluster one Indexed Job
+    per model runs them)."""
+    if count <= 1:
+        return runs
+    return [ModelRun(f"{r.name} {i + 1}/{count}", replace(r.config, shard=f"{i}/{count}")) for r in runs for i in range(count)]
 
 
 def plan_analysis(spec: ABTestSpec, results_dir: str, publish: bool = False) -> tuple[str, ...]:

@@ -45,6 +45,7 @@ class ABTestSpec:
     test: str = "auto"
     hypothesis: str = SUPERIORITY
     margin: float | None = None
+    shards: int = 1  # spec.shardsPerModel: pods per model, each evaluating a contiguous part of the order
     looks: int | None = None  # spec.analysis.sequential: a group-sequential test with this many looks
     spending: str | None = None
     # Where the Jobs run and what they may use: the operator's fields.
@@ -113,6 +114,10 @@ def check_rules(spec: dict) -> None:
         raise UserError(
             "ABTest is invalid: spec.analysis.sequential decides superiority only; remove it or set spec.analysis.hypothesis to superiority"
         )
+    if spec.get("shardsPerModel", 1) > 1 and "sequential" in analysis:
+        raise UserError(
+            "ABTest is invalid: spec.shardsPerModel above 1 cannot be combined with spec.analysis.sequential (each model's looks need its whole order in one pod)"
+        )
     if spec.get("gpusPerModel") and spec["device"] == "cpu":
         raise UserError("ABTest is invalid: spec.gpusPerModel must be 0 (or unset) when spec.device is cpu")
 
@@ -135,6 +140,7 @@ def parse_abtest(manifest: dict) -> ABTestSpec:
         test=spec["analysis"]["test"],
         hypothesis=spec["analysis"]["hypothesis"],
         margin=spec["analysis"].get("margin"),
+        shards=spec.get("shardsPerModel", 1),
         looks=(spec["analysis"].get("sequential") or {}).get("looks"),
         spending=(spec["analysis"].get("sequential") or {}).get("spending"),
         image=spec.get("image"),

@@ -408,3 +408,31 @@ def test_operator_killed_during_the_analysis_resumes_without_a_second_analysis(c
     assert status["phase"] == "Succeeded" and status["result"]["winner"] in ("resnet", "vit", "none"), status
     analysis_pods = cluster.kubectl("get", "pods", "-n", namespace.name, "-l", "abtest.dev/role=analysis", "-o", "name").stdout.split()
     assert len(analysis_pods) == 1 and len(jobs(cluster, namespace.name)) == 3  # one analysis, nothing created twice
+
+
+def test_two_models_in_three_shards_each_equal_the_unsharded_run(cluster, namespace):
+    """spec.shardsPerModel: each model is one Indexed Job of 3 pods; the analysis merges the parts, and the merged
+    predictions and verdict equal the same ABTest's without shards."""
+    from abtest_evaluator import results as result_files
+
+    done = {}
+    for name, shards in (("whole", 1), ("sharded", 3)):
+        manifest = example_manifest("abtest-digits.yaml", namespace.name, shardsPerModel=shards)
+        manifest["metadata"]["name"] = name
+        apply(cluster, manifest)
+    for name in ("whole", "sharded"):
+        obj = wait_phase(cluster, namespace.name, name, ("Succeeded", "Failed"), timeout=300)
+        assert obj["status"]["phase"] == "Succeeded", obj["status"]
+        done[name] = (obj, namespace.results / namespace.name / name / obj["metadata"]["uid"])
+    sharded_jobs = [j for j in jobs(cluster, namespace.name) if j["metadata"]["labels"]["abtest.dev/name"] == "sharded"]
+    model_jobs = [j for j in sharded_jobs if j["metadata"]["labels"]["abtest.dev/role"] == "model"]
+    assert len(model_jobs) == 2 and all(j["spec"]["completionMode"] == "Indexed" and j["status"]["succeeded"] == 3 for j in model_jobs)
+    columns = ("index", "label", "pred", "confidence", "top5", "sample_id")
+    for model in ("resnet", "vit"):
+        shards = sorted(p.name for p in (done["sharded"][1] / model).glob("predictions-*"))
+        assert shards == [f"predictions-0000{i}-of-00003.parquet" for i in range(3)]
+        merged = result_files.read_predictions(done["sharded"][1] / model, columns=columns)
+        assert merged.equals(pq.read_table(done["whole"][1] / model / "predictions.parquet"))
+    whole, sharded = (done[n][0]["status"]["result"] for n in ("whole", "sharded"))
+    assert [(c["n10"], c["n01"], c["pValue"]) for c in sharded["comparisons"]] == [(c["n10"], c["n01"], c["pValue"]) for c in whole["comparisons"]]
+    assert sharded["models"]["resnet"]["accuracy"] == whole["models"]["resnet"]["accuracy"] and sharded["n"] == whole["n"]

@@ -36,6 +36,8 @@ API_MESSAGES = {
     "one look": "spec.analysis.sequential.looks: Invalid value",
     "unknown spending": "spec.analysis.sequential.spending: Unsupported value",
     "sequential non-inferiority": "spec.analysis.sequential decides superiority only",
+    "sharded sequential": "spec.shardsPerModel above 1 cannot be combined with spec.analysis.sequential",
+    "65 shards": "spec.shardsPerModel: Invalid value",
 }
 
 

@@ -434,5 +434,7 @@ def test_two_models_in_three_shards_each_equal_the_unsharded_run(cluster, namesp
         merged = result_files.read_predictions(done["sharded"][1] / model, columns=columns)
         assert merged.equals(pq.read_table(done["whole"][1] / model / "predictions.parquet"))
     whole, sharded = (done[n][0]["status"]["result"] for n in ("whole", "sharded"))
-    assert [(c["n10"], c["n01"], c["pValue"]) for c in sharded["comparisons"]] == [(c["n10"], c["n01"], c["pValue"]) for c in whole["comparisons"]]
+    assert [(c["n10"], c["n01"], c["pValue"]) for c in sharded["comparisons"]] == [
+        (c["n10"], c["n01"], c["pValue"]) for c in whole["comparisons"]
+    ]
     assert sharded["models"]["resnet"]["accuracy"] == whole["models"]["resnet"]["accuracy"] and sharded["n"] == whole["n"]

@@ -21,7 +21,6 @@ import pyarrow.parquet as pq
 from abtest_api.constants import METRICS, PREDICTIONS
 from abtest_api.errors import UserError
 
-SHARD_RE = re.compile(r"predictions-(\d{5})-of-(\d{5})\.parquet")
 PREDICTION_COLUMNS = ("index", "label", "pred", "confidence")
 
 
@@ -65,18 +64,28 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def shard_files(model_dir: Path, stem: str, suffix: str) -> list[Path]:
+    """Every shard file ``<stem>-IIIII-of-NNNNN<suffix>`` in shard order; [] when there is none, a UserError when some
+    are missing (the analysis merges only whole sets)."""
+    pattern = re.compile(rf"{stem}-(\d{{5}})-of-(\d{{5}}){re.escape(suffix)}")
+    matches = sorted((m.group(1), m.group(2), p) for p in model_dir.glob(f"{stem}-*-of-*{suffix}") if (m := pattern.fullmatch(p.name)))
+    if not matches:
+        return []
+    total = int(matches[0][1])
+    found = {int(index) for index, _, _ in matches}
+    if found != set(range(total)) or any(int(count) != total for _, count, _ in matches):
+        raise UserError(f"{model_dir} has the {stem} of shards {sorted(found)} of {total}; wait for every shard or rerun the missing ones")
+    return [p for _, _, p in matches]
+
+
 def predictions_files(model_dir: Path) -> list[Path]:
     """``predictions.parquet``, or every shard ``predictions-IIIII-of-NNNNN.parquet`` (all must be present)."""
     single = model_dir / PREDICTIONS
     if single.is_file():
         return [single]
-    shards = sorted(p for p in model_dir.glob("predictions-*-of-*.parquet") if SHARD_RE.fullmatch(p.name))
+    shards = shard_files(model_dir, "predictions", ".parquet")
     if not shards:
         raise UserError(f"{model_dir} has no {PREDICTIONS}; did the evaluation of this model finish?")
-    total = int(SHARD_RE.fullmatch(shards[0].name).group(2))
-    found = {int(SHARD_RE.fullmatch(p.name).group(1)) for p in shards}
-    if found != set(range(total)) or any(int(SHARD_RE.fullmatch(p.name).group(2)) != total for p in shards):
-        raise UserError(f"{model_dir} has shards {sorted(found)} of {total}; wait for every shard or rerun the missing ones")
     return shards
 
 
@@ -89,21 +98,10 @@ def read_predictions(model_dir: Path, columns: tuple[str, ...] = PREDICTION_COLU
     return table
 
 
-METRICS_SHARD_RE = re.compile(r"metrics-(\d{5})-of-(\d{5})\.json")
-
-
 def read_metrics(model_dir: Path) -> dict:
     """metrics.json, or the shards' metrics merged into the figures of one run over every sample."""
-    if not (model_dir / METRICS).is_file():
-        shards = sorted(p for p in model_dir.glob("metrics-*-of-*.json") if METRICS_SHARD_RE.fullmatch(p.name))
-        if shards:
-            total = int(METRICS_SHARD_RE.fullmatch(shards[0].name).group(2))
-            found = {int(METRICS_SHARD_RE.fullmatch(p.name).group(1)) for p in shards}
-            if found != set(range(total)):
-                raise UserError(
-                    f"{model_dir} has the metrics of shards {sorted(found)} of {total}; wait for every shard or rerun the missing ones"
-                )
-            return merge_shards([_read_json(p) for p in shards])
+    if not (model_dir / METRICS).is_file() and (shards := shard_files(model_dir, "metrics", ".json")):
+        return merge_shards([_read_json(p) for p in shards])
     return _read_json(model_dir / METRICS)
 
 

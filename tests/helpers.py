@@ -110,3 +110,24 @@ def result_json(winner="a", name_b="b", p=0.01) -> dict:
             }
         ],
     }
+
+
+def local_manifest(path: Path, name: str, models: list[dict], **spec) -> Path:
+    """An ABTest for `abtest run` on the CPU over digits, written to ``path``: ``models`` entries get the tests' input
+    size; ``spec`` adds or overrides fields."""
+    import yaml
+
+    manifest = {
+        "apiVersion": "abtest.dev/v1alpha1",
+        "kind": "ABTest",
+        "metadata": {"name": name},
+        "spec": {
+            "device": "cpu",
+            "workers": 0,
+            "dataset": {"name": "digits"},
+            "models": [{"inputSize": 32, "cropPct": 1.0, **m} for m in models],
+            **spec,
+        },
+    }
+    path.write_text(yaml.safe_dump(manifest))
+    return path

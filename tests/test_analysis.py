@@ -20,7 +20,7 @@ from abtest_api.errors import UserError
 from abtest_api.result import check_status_result, status_result
 from abtest_evaluator import results
 from abtest_evaluator.analysis import analyze, run_analysis
-from helpers import ROOT, abtest_cli, read_json, result_json
+from helpers import ROOT, abtest_cli, local_manifest, read_json, result_json
 
 
 def independent(root: Path, names: list[str], alpha=0.05):
@@ -223,22 +223,8 @@ def test_power_warning_when_too_few_samples(evaluated, tmp_path):
 
 
 def _manifest(tmp_path: Path, trained_models, models: list[tuple[str, str]], name="local") -> Path:
-    manifest = {
-        "apiVersion": "abtest.dev/v1alpha1",
-        "kind": "ABTest",
-        "metadata": {"name": name},
-        "spec": {
-            "device": "cpu",
-            "workers": 0,
-            "dataset": {"name": "digits"},
-            "models": [
-                {"name": n, "architecture": a, "checkpoint": str(trained_models[a]), "inputSize": 32, "cropPct": 1.0} for n, a in models
-            ],
-        },
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(manifest))
-    return path
+    entries = [{"name": n, "architecture": a, "checkpoint": str(trained_models[a])} for n, a in models]
+    return local_manifest(tmp_path / f"{name}.yaml", name, entries)
 
 
 def test_run_two_models_end_to_end(tmp_path, trained_models):

@@ -6,11 +6,10 @@ import math
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from abtest_api.constants import look_dir, look_sizes
 from abtest_evaluator import sequential
-from helpers import INPUT_FLAGS, abtest_cli, read_json
+from helpers import INPUT_FLAGS, abtest_cli, local_manifest, read_json
 
 FIVE = tuple(k / 5 for k in range(1, 6))
 
@@ -169,25 +168,11 @@ def test_analysis_refuses_models_evaluated_without_the_same_looks(tmp_path, trai
 
 
 def test_abtest_run_stops_a_sequential_test_early(tmp_path, trained_models):
-    manifest = {
-        "apiVersion": "abtest.dev/v1alpha1",
-        "kind": "ABTest",
-        "metadata": {"name": "early"},
-        "spec": {
-            "device": "cpu",
-            "workers": 0,
-            "dataset": {"name": "digits"},
-            "models": [
-                {"name": "trained", "architecture": "timm/resnet10t", "checkpoint": str(trained_models["timm/resnet10t"])},
-                {"name": "untrained", "architecture": "timm/resnet10t"},
-            ],
-            "analysis": {"sequential": {"looks": 5}},
-        },
-    }
-    for m in manifest["spec"]["models"]:
-        m.update(inputSize=32, cropPct=1.0)
-    path = tmp_path / "early.yaml"
-    path.write_text(yaml.safe_dump(manifest))
+    models = [
+        {"name": "trained", "architecture": "timm/resnet10t", "checkpoint": str(trained_models["timm/resnet10t"])},
+        {"name": "untrained", "architecture": "timm/resnet10t"},
+    ]
+    path = local_manifest(tmp_path / "early.yaml", "early", models, analysis={"sequential": {"looks": 5}})
     proc = abtest_cli("run", path, "--out", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
     result = read_json(tmp_path / "out" / "result.json")

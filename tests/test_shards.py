@@ -3,11 +3,10 @@ merged predictions and figures equal an unsharded run's."""
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from abtest_api.constants import shard_range
 from abtest_evaluator import results
-from helpers import INPUT_FLAGS, abtest_cli, read_json
+from helpers import INPUT_FLAGS, abtest_cli, local_manifest, read_json
 
 MODELS = {"resnet": "timm/resnet10t", "vit": "timm/test_vit"}
 
@@ -81,23 +80,8 @@ def test_bad_shard_flags_are_refused_in_one_line(tmp_path, trained_models, flags
 
 
 def test_abtest_run_shards_each_model(tmp_path, trained_models):
-    manifest = {
-        "apiVersion": "abtest.dev/v1alpha1",
-        "kind": "ABTest",
-        "metadata": {"name": "sharded"},
-        "spec": {
-            "device": "cpu",
-            "workers": 0,
-            "shardsPerModel": 2,
-            "dataset": {"name": "digits"},
-            "models": [
-                {"name": n, "architecture": a, "checkpoint": str(trained_models[a]), "inputSize": 32, "cropPct": 1.0}
-                for n, a in MODELS.items()
-            ],
-        },
-    }
-    path = tmp_path / "sharded.yaml"
-    path.write_text(yaml.safe_dump(manifest))
+    models = [{"name": n, "architecture": a, "checkpoint": str(trained_models[a])} for n, a in MODELS.items()]
+    path = local_manifest(tmp_path / "sharded.yaml", "sharded", models, shardsPerModel=2)
     proc = abtest_cli("run", path, "--out", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
     whole = tmp_path / "whole"

@@ -40,13 +40,29 @@ class EvalConfig:
     in_chans: int = option(3, help="input channels (1 for grey models)", spec="model:inChans")
     seed: int = option(42, help="seed for weights, data order and workers", spec="spec:seed")
     batch_size: int = option(64, help="images per forward pass", spec="spec:batchSize")
-    workers: int = option(2, help="DataLoader worker processes", spec="spec:workers")
+    workers: int | None = option(
+        None, help="DataLoader worker processes (default: one per CPU of the container's limit but one, at most 16)", spec="spec:workers"
+    )
     threads: int | None = option(None, help="CPU threads (default: the container's CPU limit)")
     device: str = option("auto", help="where the model runs", spec="spec:device", choices=("auto", "cpu", "cuda"))
     warmup_batches: int = option(3, help="untimed passes before the timed loop", spec="spec:warmupBatches")
-    amp: bool = option(False, help="autocast (float16 on GPU, bfloat16 on CPU)", spec="spec:amp")
+    amp: bool | None = option(None, help="autocast, float16 on GPU and bfloat16 on CPU (default: on for GPU, off for CPU)", spec="spec:amp")
     amp_dtype: str = option("float16", help="autocast dtype on GPU", choices=("float16", "bfloat16"))
-    channels_last: bool = option(False, help="channels-last memory format", spec="spec:channelsLast")
+    channels_last: bool | None = option(
+        None, help="channels-last memory format (default: on for GPU, off for CPU)", spec="spec:channelsLast"
+    )
+    nondeterministic: bool = option(
+        False,
+        help="let cuDNN autotune its kernels (cudnn.benchmark) and allow non-deterministic algorithms: faster on GPU, "
+        "but predictions may differ in the last bits between runs",
+        spec="spec:nondeterministic",
+    )
+    preprocess: str = option(
+        "device",
+        help="where images become normalised floats: device (uint8 batches from the workers, a quarter of the bytes, converted "
+        "where the model runs) or host (timm's float32 transform in the workers)",
+        choices=("device", "host"),
+    )
     compile: bool = option(False, help="torch.compile the model", spec="spec:compile")
     input_size: int | None = option(None, help="image side in pixels (default: the model's pretrained config)", spec="model:inputSize")
     interpolation: str | None = option(None, help="resize interpolation (default: the model's)", spec="model:interpolation")
@@ -112,8 +128,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             kwargs["required"] = True
         else:
             kwargs["default"] = f.default
-        if kind is bool:
-            kwargs["action"] = "store_true"
+        if kind is bool:  # a bool defaulting to None is a tri-state: --amp, --no-amp, or neither (automatic)
+            kwargs["action"] = "store_true" if f.default is False else argparse.BooleanOptionalAction
         else:
             kwargs["type"] = _floats if kind is tuple else kind
             if meta["choices"]:
@@ -131,10 +147,10 @@ def to_argv(cfg: EvalConfig) -> list[str]:
     argv = []
     for f in dataclasses.fields(EvalConfig):
         value = getattr(cfg, f.name)
-        if value is None or value is False or value == "" or (value == f.default and not f.metadata["spec"]):
+        if value is None or value == "" or (value is False and f.default is False) or (value == f.default and not f.metadata["spec"]):
             continue
         if isinstance(value, bool):
-            argv.append(flag(f.name))
+            argv.append(flag(f.name) if value else "--no-" + flag(f.name)[2:])
         elif isinstance(value, tuple):
             argv += [flag(f.name), ",".join(map(str, value))]
         else:

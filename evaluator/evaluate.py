@@ -14,25 +14,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from abtest_api.constants import MAX_LOOKS, METRICS, PREDICTIONS, look_dir, look_sizes, shard_file, shard_range
 from abtest_api.errors import UserError
 from abtest_api.evaluate import EvalConfig
-from abtest_evaluator import datasets, measurements, models, resolve, results
+from abtest_evaluator import datasets, loader, measurements, models, resolve, results
 from abtest_evaluator.runner import Runner, seed_everything, seed_worker
 from abtest_evaluator.telemetry import EvalTelemetry, GpuSampler
-
-
-class TransformedDataset(Dataset):
-    def __init__(self, ds: datasets.EvalDataset, transform, mode: str):
-        self.ds, self.transform, self.mode = ds, transform, mode
-
-    def __len__(self):
-        return len(self.ds)
-
-    def __getitem__(self, i):
-        return self.transform(self.ds.load(i).convert(self.mode)), int(self.ds.labels[i])
 
 
 def library_versions() -> dict:
@@ -105,12 +94,14 @@ class Prepared:
     started: float  # the run's start (before loading), for parity checks across models
     device: str
     amp_dtype: str | None
+    channels_last: bool
     threads: int
+    workers: int
     dataset: datasets.EvalDataset
     num_classes: int
     model: models.LoadedModel
     data_config: resolve.DataConfig
-    loader: DataLoader
+    loader: loader.DeviceBatches
     runner: Runner
     fingerprint: str  # of every sample in the shared order (a shard evaluates a part of it)
     shard: tuple[int, int, int, int] | None = None  # (index, count, first sample, samples in all) of a sharded run
@@ -145,9 +136,13 @@ def prepare(cfg: EvalConfig) -> Prepared:
         raise UserError(f"--looks (spec.analysis.sequential.looks) must be in 2..{MAX_LOOKS}, got {cfg.looks}")
     device = resolve.resolve_device(cfg.device, torch.cuda.is_available())
     amp_dtype = resolve.resolve_amp_dtype(device, cfg.amp, cfg.amp_dtype)
+    channels_last = resolve.resolve_channels_last(device, cfg.channels_last)
+    if cfg.preprocess not in loader.PREPROCESS:
+        raise UserError(f"--preprocess {cfg.preprocess!r} is unknown; use one of {', '.join(loader.PREPROCESS)}")
     threads = resolve.resolve_threads(cfg.threads)
+    workers = resolve.resolve_workers(cfg.workers, threads)
     torch.set_num_threads(threads)
-    seed_everything(cfg.seed, device)
+    seed_everything(cfg.seed, device, deterministic=not cfg.nondeterministic)
 
     ds = datasets.load_dataset(cfg.dataset, cfg.split, cfg.path, cfg.limit, cfg.dataset_class)
     fingerprint, shard = ds.fingerprint(), None
@@ -171,21 +166,24 @@ def prepare(cfg: EvalConfig) -> Prepared:
         loaded.pretrained_cfg, cfg.in_chans, cfg.input_size, cfg.interpolation, cfg.mean, cfg.std, cfg.crop_pct
     )
 
-    from timm.data import create_transform
-
-    transform = create_transform(**data_cfg.as_timm_kwargs(), is_training=False)
-    loader = DataLoader(
-        TransformedDataset(ds, transform, "L" if cfg.in_chans == 1 else "RGB"),
+    transform = loader.build_transform(data_cfg, cfg.preprocess)
+    runner = Runner(loaded.module, device, amp_dtype, channels_last, cfg.compile, pad_to=cfg.batch_size)
+    batches = DataLoader(
+        loader.TransformedDataset(ds, transform, "L" if cfg.in_chans == 1 else "RGB"),
         batch_size=cfg.batch_size,
         shuffle=False,
-        num_workers=cfg.workers,
+        num_workers=workers,
         worker_init_fn=seed_worker,
         generator=torch.Generator().manual_seed(cfg.seed),
         pin_memory=device == "cuda",
-        persistent_workers=False,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers else None,  # a few batches of slack per worker against decode-time jitter
     )
-    runner = Runner(loaded.module, device, amp_dtype, cfg.channels_last, cfg.compile)
-    return Prepared(cfg, started, device, amp_dtype, threads, ds, num_classes, loaded, data_cfg, loader, runner, fingerprint, shard)
+    to_input = loader.ToModelInput(data_cfg, cfg.preprocess, runner.device, runner.memory_format)
+    return Prepared(
+        cfg, started, device, amp_dtype, channels_last, threads, workers, ds, num_classes, loaded, data_cfg,
+        loader.DeviceBatches(batches, runner.device, to_input), runner, fingerprint, shard,
+    )  # fmt: skip
 
 
 def run(prep: Prepared, telemetry: EvalTelemetry, on_look=None) -> Loop:
@@ -203,34 +201,45 @@ def run(prep: Prepared, telemetry: EvalTelemetry, on_look=None) -> Loop:
     loop = Loop(topk, confidence, batch_seconds, batch_sizes, started, started, None)
     looks = list(enumerate(look_sizes(n, cfg.looks)[:-1], 1)) if cfg.looks else []
     with sampler, Progress(cfg.progress, cfg.model_label, n) as progress:
-        pos = 0
+        pos = queued = 0  # samples collected to the host / queued on the device
+        pending = []  # (BatchOutput, labels) queued and not yet collected
+
+        def collect():
+            nonlocal pos
+            batch_topk, batch_confidence, seconds = runner.collect([out for out, _ in pending])
+            for (_, labels), batch_time in zip(pending, seconds):
+                size, end = len(labels), pos + len(labels)
+                topk[pos:end], confidence[pos:end] = batch_topk[:size], batch_confidence[:size]
+                batch_topk, batch_confidence = batch_topk[size:], batch_confidence[size:]
+                correct = int((topk[pos:end, 0] == labels.numpy()).sum())
+                batch_seconds.append(batch_time)
+                batch_sizes.append(size)
+                telemetry.observe_batch(size, correct, float(confidence[pos:end].sum()), batch_time)
+                progress.advance(size, telemetry.running_accuracy)
+                pos = end
+            pending.clear()
+            if (memory := runner.gpu_memory()) is not None:
+                telemetry.set_gpu(memory["max_allocated_bytes"], None)
+            while looks and looks[0][1] <= pos:
+                look, samples = looks.pop(0)
+                on_look(look, loop.prefix(samples))
+
         timed_from = ready = None  # the loop's clock starts after the first batch's loading and the warm-up
         for images, labels in prep.loader:
             arrived = time.perf_counter()
-            if pos == 0 and cfg.warmup_batches:
+            if queued == 0 and cfg.warmup_batches:
                 runner.warmup(images, cfg.warmup_batches)
             if timed_from is None:
                 timed_from = time.perf_counter()
             else:
                 loop.wait_seconds += arrived - ready
-            batch = runner(images)
-            size = len(labels)
-            topk[pos : pos + size] = batch.topk.numpy()
-            confidence[pos : pos + size] = batch.confidence.numpy()
-            correct = int((batch.topk[:, 0] == labels).sum())
-            pos += size
-            batch_seconds.append(batch.seconds)
-            batch_sizes.append(size)
-            telemetry.observe_batch(size, correct, float(batch.confidence.sum()), batch.seconds)
-            if (memory := runner.gpu_memory()) is not None:
-                telemetry.set_gpu(memory["max_allocated_bytes"], None)
-            progress.advance(size, telemetry.running_accuracy)
-            while looks and looks[0][1] <= pos:
-                look, samples = looks.pop(0)
-                on_look(look, loop.prefix(samples))
+            pending.append((runner(images), labels))
+            queued += len(labels)
+            if len(pending) >= runner.collect_every or queued == n or (looks and looks[0][1] <= queued):
+                collect()
+                loop.loop_seconds = time.perf_counter() - timed_from
+                telemetry.observe_loop(loop.loop_seconds, loop.wait_seconds)
             ready = time.perf_counter()
-            loop.loop_seconds = ready - timed_from
-            telemetry.observe_loop(loop.loop_seconds, loop.wait_seconds)
     gpu = sampler.summary() if prep.device == "cuda" else None
     return replace(loop, finished=time.time(), gpu_utilization=gpu)
 
@@ -267,8 +276,13 @@ def build_metrics(prep: Prepared, loop: Loop, look: int | None = None) -> dict:
                 "name": prep.runner.device_name(),
                 "threads": prep.threads,
                 "amp_dtype": prep.amp_dtype,
-                "channels_last": cfg.channels_last,
+                "channels_last": prep.channels_last,
                 "compile": cfg.compile,
+                "deterministic": not cfg.nondeterministic,
+                "preprocess": cfg.preprocess,
+                "workers": prep.workers,
+                # the settings left unset, so chosen for this device (AMP and channels-last on for CUDA, off for CPU)
+                "automatic": [name for name in ("amp", "channels_last", "workers") if getattr(cfg, name) is None],
             },
             "gpu_memory": prep.runner.gpu_memory(),
             "gpu_utilization": loop.gpu_utilization,

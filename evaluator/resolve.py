@@ -99,13 +99,33 @@ def resolve_device(requested: str, cuda_available: bool) -> str:
     return requested
 
 
-def resolve_amp_dtype(device_type: str, amp: bool, amp_dtype: str = "float16") -> str | None:
-    """The autocast dtype, or None for full precision. CPU autocast only supports bfloat16."""
+def resolve_amp_dtype(device_type: str, amp: bool | None, amp_dtype: str = "float16") -> str | None:
+    """The autocast dtype, or None for full precision; unset (None) means on for CUDA, where tensor cores want half
+    precision, and off for CPU, whose predictions stay those of float32. CPU autocast only supports bfloat16."""
+    if amp is None:
+        amp = device_type == "cuda"
     if not amp:
         return None
     if amp_dtype not in ("float16", "bfloat16"):
         raise UserError(f"--amp-dtype {amp_dtype!r} is unknown; use float16 or bfloat16")
     return "bfloat16" if device_type == "cpu" else amp_dtype
+
+
+def resolve_channels_last(device_type: str, channels_last: bool | None) -> bool:
+    """Unset means on for CUDA (cuDNN's fast convolutions are NHWC, and uint8 HWC batches arrive in it for free)."""
+    return device_type == "cuda" if channels_last is None else channels_last
+
+
+MAX_AUTO_WORKERS = 16  # beyond this, decoding rarely limits one GPU and each worker costs memory
+
+
+def resolve_workers(requested: int | None, cpus: int) -> int:
+    """DataLoader workers: explicit request, else one per CPU of the container but one (the loop's own), 1..16."""
+    if requested is not None:
+        if requested < 0:
+            raise UserError(f"--workers must be 0 or more, got {requested}")
+        return requested
+    return max(1, min(cpus - 1, MAX_AUTO_WORKERS))
 
 
 def cgroup_cpu_limit(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int | None:

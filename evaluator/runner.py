@@ -14,18 +14,19 @@ from torch import nn
 from abtest_api.errors import UserError
 
 
-def seed_everything(seed: int, device_type: str) -> None:
-    """Same seed, same random weights, same loader order. cuBLAS needs its workspace set before CUDA starts."""
-    if device_type == "cuda":
+def seed_everything(seed: int, device_type: str, deterministic: bool = True) -> None:
+    """Same seed, same random weights, same loader order. Deterministic kernels unless the user traded them for
+    cuDNN's autotuning (``--nondeterministic``); cuBLAS needs its workspace set before CUDA starts."""
+    if device_type == "cuda" and deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
     # warn_only: some kernels (e.g. adaptive pooling backward) have no deterministic version;
     # inference rarely hits them, and a warning beats refusing to evaluate.
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 def seed_worker(worker_id: int) -> None:
@@ -37,9 +38,19 @@ def seed_worker(worker_id: int) -> None:
 
 @dataclass
 class BatchOutput:
-    topk: torch.Tensor  # [B, k] class indices, best first (CPU)
-    confidence: torch.Tensor  # [B] max softmax probability, float32 (CPU)
-    seconds: float  # host->device copy, forward, softmax and the copy back, synchronised
+    """One batch's results, still on the device: reading them waits for it, so the loop collects several at once."""
+
+    topk: torch.Tensor  # [B, k] class indices, best first
+    confidence: torch.Tensor  # [B] max softmax probability, float32
+    start: float | torch.cuda.Event  # perf_counter on CPU, CUDA events (device time) on GPU
+    end: float | torch.cuda.Event
+
+    @property
+    def seconds(self) -> float:
+        """The forward's time; on CUDA only once the device has passed ``end``."""
+        if isinstance(self.start, float):
+            return self.end - self.start
+        return self.start.elapsed_time(self.end) / 1e3
 
 
 class Runner:
@@ -51,25 +62,34 @@ class Runner:
         channels_last: bool = False,
         compile: bool = False,
         topk: int = 5,
+        pad_to: int | None = None,
+        compile_backend="inductor",
     ):
         self.device = torch.device(device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         module = module.to(self.device, memory_format=self.memory_format).eval()
-        self.model = torch.compile(module) if compile else module
+        self.model = torch.compile(module, backend=compile_backend) if compile else module
         self.amp_dtype = getattr(torch, amp_dtype) if amp_dtype else None
         self.topk = topk
+        # a compiled model sees one batch shape: a short last batch is padded, not recompiled inside the timed loop
+        self.pad_to = pad_to if compile else None
+        # on CUDA results stay on the device for this many batches: one host sync per group, not per batch
+        self.collect_every = 8 if self.device.type == "cuda" else 1
 
     def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        n = images.shape[0]
+        if self.pad_to and n < self.pad_to:
+            padded = images.new_zeros((self.pad_to, *images.shape[1:])).contiguous(memory_format=self.memory_format)
+            padded[:n] = images
+            images = padded
         with (
             torch.inference_mode(),
             torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None),
         ):
-            logits = self.model(images)
+            logits = self.model(images)[:n]
             probs = logits.float().softmax(dim=-1)
             confidence, topk = probs.topk(min(self.topk, probs.shape[-1]), dim=-1)
-        # .cpu() waits for the device, so the clock below stops after the work is done
-        return topk.cpu(), confidence[:, 0].cpu()
+        return topk, confidence[:, 0]
 
     def warmup(self, images: torch.Tensor, iterations: int) -> None:
         """Untimed passes so lazy init, autotuning and compilation stay out of the measurements."""
@@ -85,25 +105,33 @@ class Runner:
     def timing(self) -> str:
         """What a batch's seconds measure (metrics.json says it beside the latency percentiles)."""
         if self.device.type == "cuda":
-            return "CUDA events around the host-to-device copy, forward, softmax and top-k of each batch"
+            return "CUDA events around the forward, softmax and top-k of each batch (its copy to the device overlaps the previous batch)"
         return "wall clock (perf_counter) around the forward, softmax and top-k of each batch"
 
     def __call__(self, images: torch.Tensor) -> BatchOutput:
+        """Queue one batch (on the device already); nothing waits for the device here on CUDA."""
         try:
-            if self.device.type == "cuda":  # device time, not the host's view of it
+            if self.device.type == "cuda":
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
-                topk, confidence = self._forward(images)  # its .cpu() waits for the device
+                topk, confidence = self._forward(images)
                 end.record()
-                end.synchronize()
-                return BatchOutput(topk, confidence, start.elapsed_time(end) / 1e3)
+                return BatchOutput(topk, confidence, start, end)
             start = time.perf_counter()
             topk, confidence = self._forward(images)
-            return BatchOutput(topk, confidence, time.perf_counter() - start)
+            return BatchOutput(topk, confidence, start, time.perf_counter())
         except torch.OutOfMemoryError:
             raise UserError(
                 f"out of memory on {self.device} at batch size {images.shape[0]}; retry with --batch-size {max(1, images.shape[0] // 2)} (spec.batchSize)"
             ) from None
+
+    def collect(self, outputs: list[BatchOutput]) -> tuple[np.ndarray, np.ndarray, list[float]]:
+        """Wait for the queued batches and copy their results to the host in one transfer: (topk, confidence, seconds)."""
+        if isinstance(outputs[-1].end, torch.cuda.Event):
+            outputs[-1].end.synchronize()
+        topk = torch.cat([o.topk for o in outputs]).cpu().numpy()
+        confidence = torch.cat([o.confidence for o in outputs]).cpu().numpy()
+        return topk, confidence, [o.seconds for o in outputs]
 
     def gpu_memory(self) -> dict | None:
         """Peak allocated and reserved bytes on the GPU; None on CPU."""

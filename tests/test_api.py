@@ -76,7 +76,11 @@ configs = st.builds(
     pretrained=st.booleans(),
     seed=st.integers(0, 2**32 - 1),
     batch_size=st.integers(1, 4096),
-    amp=st.booleans(),
+    amp=st.none() | st.booleans(),  # tri-states: --amp, --no-amp, or automatic
+    channels_last=st.none() | st.booleans(),
+    nondeterministic=st.booleans(),
+    workers=st.none() | st.integers(0, 64),
+    preprocess=st.sampled_from(["device", "host"]),
     device=st.sampled_from(["auto", "cpu", "cuda"]),
     crop_pct=st.none() | st.floats(0.01, 1.0),
     mean=st.none() | st.lists(st.floats(0, 1), min_size=1, max_size=3).map(tuple),
@@ -166,3 +170,11 @@ def test_render_is_a_dry_run_that_loads_no_handlers():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"abtest render imported {out.stdout.strip()}"
+
+
+def test_unset_tri_states_stay_automatic_and_off_is_spelled_out():
+    cfg = evaluate.EvalConfig(model="timm/x", dataset="digits", out="o", amp=False, channels_last=True)
+    argv = evaluate.to_argv(cfg)
+    assert "--no-amp" in argv and "--channels-last" in argv  # off must reach the pod: unset means on for GPU
+    assert not {"--amp", "--no-amp"} & set(evaluate.to_argv(dataclasses.replace(cfg, amp=None)))
+    assert evaluate.parse_argv(["--model", "m", "--dataset", "digits", "--out", "o"]).amp is None

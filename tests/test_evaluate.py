@@ -74,6 +74,24 @@ def test_identical_runs_give_identical_predictions(tmp_path, trained_models):
         assert outs[0].column(column).equals(outs[1].column(column))
 
 
+def test_uint8_batches_normalised_in_the_loop_predict_exactly_as_the_host_transform(tmp_path, trained_models):
+    """The default data path (uint8 from the workers, float and normalised where the model runs) against timm's
+    float32 transform in the workers: the same predictions and confidences to the bit, and the settings recorded."""
+    tables, devices = {}, {}
+    for preprocess in ("device", "host"):
+        out = tmp_path / preprocess
+        proc = evaluate_tiny(trained_models, "--preprocess", preprocess, "--batch-size", "24", "--out", out, arch="timm/resnet10t")
+        assert proc.returncode == 0, proc.stderr
+        tables[preprocess], devices[preprocess] = pq.read_table(out / "predictions.parquet"), read_json(out / "metrics.json")["device"]
+    for column in ("pred", "confidence", "top5"):
+        assert tables["device"].column(column).equals(tables["host"].column(column)), column
+    assert devices["device"]["preprocess"] == "device" and devices["host"]["preprocess"] == "host"
+    # unset on CPU: float32 and NCHW as before; workers from the CPU limit; deterministic kernels
+    assert devices["device"]["amp_dtype"] is None and devices["device"]["channels_last"] is False
+    assert devices["device"]["automatic"] == ["amp", "channels_last", "workers"] and devices["device"]["workers"] >= 1
+    assert devices["device"]["deterministic"] is True
+
+
 def test_random_weights_are_seeded(tmp_path):
     tables = []
     for seed in ("7", "7", "8"):
@@ -108,6 +126,7 @@ def test_amp_and_channels_last_on_cpu(tmp_path, trained_models):
     assert proc.returncode == 0, proc.stderr
     metrics = read_json(tmp_path / "metrics.json")
     assert metrics["device"]["amp_dtype"] == "bfloat16" and metrics["device"]["channels_last"]
+    assert metrics["device"]["automatic"] == []  # both set, workers too: nothing chosen for the device
     assert metrics["accuracy"] > 0.85  # bfloat16 keeps a trained model trained
 
 

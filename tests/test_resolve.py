@@ -71,6 +71,24 @@ def test_amp_dtype():
     assert resolve.resolve_amp_dtype("cuda", amp=True) == "float16"
     assert resolve.resolve_amp_dtype("cuda", amp=True, amp_dtype="bfloat16") == "bfloat16"
     assert resolve.resolve_amp_dtype("cpu", amp=True) == "bfloat16"  # CPU autocast has no float16
+    # unset: on for CUDA (tensor cores), off for CPU (whose predictions stay float32's)
+    assert resolve.resolve_amp_dtype("cuda", amp=None) == "float16"
+    assert resolve.resolve_amp_dtype("cpu", amp=None) is None
+
+
+def test_channels_last_is_on_for_cuda_unless_set():
+    assert resolve.resolve_channels_last("cuda", None) and not resolve.resolve_channels_last("cpu", None)
+    assert not resolve.resolve_channels_last("cuda", False) and resolve.resolve_channels_last("cpu", True)
+
+
+def test_workers_follow_the_cpu_limit_unless_set():
+    assert resolve.resolve_workers(None, cpus=2) == 1  # one CPU for the loop itself
+    assert resolve.resolve_workers(None, cpus=1) == 1
+    assert resolve.resolve_workers(None, cpus=12) == 11
+    assert resolve.resolve_workers(None, cpus=128) == resolve.MAX_AUTO_WORKERS
+    assert resolve.resolve_workers(0, cpus=16) == 0 and resolve.resolve_workers(5, cpus=2) == 5
+    with pytest.raises(UserError, match="--workers must be 0 or more"):
+        resolve.resolve_workers(-1, cpus=4)
 
 
 def test_cgroup_v2_quota(tmp_path):

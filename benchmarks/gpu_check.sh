@@ -1,24 +1,52 @@
 #!/usr/bin/env bash
-# GPU check, for a CUDA machine (no network needed: random weights). Not run in CI.
-#   bash benchmarks/gpu_check.sh
-# 1. resnet50 and efficientnet_b3 at 224 px with AMP and channels-last: `abtest evaluate`'s images/s
-#    against a timm-benchmark-style bare loop on the same tensors (benchmarks/evaluator_overhead.py);
-# 2. metrics.json on the GPU has non-null GPU memory and utilization, and the device is CUDA.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))"
-for model in timm/resnet50 timm/efficientnet_b3; do
-  python benchmarks/evaluator_overhead.py --model "$model" --input-size 224 --batch-size 128 --device cuda --amp --channels-last --repeats 3
+# The GPU check, one command for a lent GPU machine (see docs/benchmarks.md); about 4-6 minutes on one H100/H200.
+#   bash benchmarks/gpu_check.sh          # on the GPU machine, through the device tool
+#   bash benchmarks/gpu_check.sh --cpu    # every phase at toy sizes on the CPU (what tests/test_gpu_check.py runs)
+# Nothing is fetched: the checkout is installed with pip --no-index --no-deps into a scratch folder (the GPU machine's
+# python3 already has torch, timm and the rest), models have random weights, the data set is a synthetic CIFAR-10.
+# Every phase runs under its own timeout and the table at the end is printed even when phases fail; the exit status
+# is non-zero when a phase failed or a target was missed. PYTHON picks the interpreter (default python3).
+set -uo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+device=cuda
+[ "${1:-}" = "--cpu" ] && device=cpu
+py="${PYTHON:-python3}"
+work="$(mktemp -d)"
+# Never run Python from the repository root: its operator/ folder would shadow the standard library's operator.
+cd "$work"
+results="$work/results.jsonl" status="$work/status"
+: >"$status"
+if [ "$device" = cuda ]; then
+  models="${GPU_CHECK_MODELS:-timm/resnet50 timm/efficientnet_b3}" per_batch=10000 batch=256 seconds=5 size=() limit=()
+  t_install=90 t_data=60 t_ceiling=60 t_eval=100
+else
+  models="${GPU_CHECK_MODELS:-timm/test_resnet timm/test_efficientnet}" per_batch=40 batch=16 seconds=0.5 size=(--input-size 32) limit=()
+  t_install=120 t_data=60 t_ceiling=60 t_eval=120
+fi
+first="${models%% *}"
+
+phase() {  # phase NAME SECONDS COMMAND...: runs it under its timeout, logs to NAME.log, records its exit status
+  local name="$1" limit="$2"
+  shift 2
+  echo "== $name (timeout ${limit}s)" >&2
+  timeout --kill-after=10 "$limit" "$@" >"$work/$name.log" 2>&1
+  local rc=$?
+  echo "$name $rc" >>"$status"
+  [ "$rc" = 0 ] || tail -n 5 "$work/$name.log" >&2
+  return 0
+}
+check=("$py" "$repo/benchmarks/gpu_check.py" --results "$results" --device "$device")
+
+phase install "$t_install" "$py" -m pip install --no-index --no-deps --no-build-isolation --quiet --target "$work/site" "$repo"
+export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}"
+phase env 60 "${check[@]}" env
+phase imports 60 "${check[@]}" imports
+phase dataset "$t_data" "${check[@]}" dataset --out "$work/data" --per-batch "$per_batch"
+for model in $models; do
+  phase "ceiling-${model#*/}" "$t_ceiling" "${check[@]}" ceiling --model "$model" --batch-size "$batch" --seconds "$seconds" "${size[@]}"
 done
-out="$(mktemp -d)"
-abtest evaluate --model timm/resnet50 --dataset digits --split train --input-size 224 --batch-size 128 \
-  --device cuda --amp --channels-last --out "$out" --progress none
-python - "$out/metrics.json" <<'PY'
-import json, sys
-m = json.load(open(sys.argv[1]))
-assert m["device"]["type"] == "cuda", m["device"]
-assert m["gpu_memory"] and m["gpu_memory"]["max_allocated_bytes"] > 0, m["gpu_memory"]
-assert m["gpu_utilization"] is not None, "no NVML utilization samples"
-print(f"GPU metrics ok: {m['device']['name']}, max allocated {m['gpu_memory']['max_allocated_bytes'] / 2**30:.2f} GiB, "
-      f"utilization mean {m['gpu_utilization']['mean']:.2f}, {m['throughput']:.0f} img/s")
-PY
+phase evaluate "$t_eval" "${check[@]}" evaluate --model "$first" --batch-size "$batch" --data "$work/data" --out "$work/out" "${size[@]}"
+phase nondeterministic "$t_eval" "${check[@]}" evaluate --model "$first" --batch-size "$batch" --data "$work/data" --out "$work/out" \
+  --tag nondeterministic "${size[@]}" -- --nondeterministic
+echo "== results ($work)"
+"${check[@]}" table --status "$status" --logs "$work"

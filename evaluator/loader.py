@@ -60,9 +60,12 @@ class ToModelInput:
         self.std = torch.tensor(data_cfg.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.preprocess == "device":  # uint8 NHWC: ToTensor's float().div(255), then Normalize's sub_ and div_
-            batch = batch.permute(0, 3, 1, 2).float().div_(255).sub_(self.mean).div_(self.std)
-        return batch.contiguous(memory_format=self.memory_format)
+        if self.preprocess == "host":
+            return batch.contiguous(memory_format=self.memory_format)
+        # uint8 NHWC -> NCHW in the model's memory format while a pixel is one byte (a no-op for channels-last), then
+        # ToTensor's float().div(255) and Normalize's sub_ and div_, which keep that format
+        batch = batch.permute(0, 3, 1, 2).contiguous(memory_format=self.memory_format)
+        return batch.float().div_(255).sub_(self.mean).div_(self.std)
 
 
 class DeviceBatches:

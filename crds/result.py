@@ -7,7 +7,6 @@ numbers). The schema is the CRD's ``status.result``: one declaration, checked by
 
 from __future__ import annotations
 
-from abtest_api import crd
 from abtest_api.errors import UserError
 
 P_FLOOR = 1e-300  # smaller p-values are reported as this bound, never as 0
@@ -97,6 +96,8 @@ def check_status_sequential(value: dict) -> dict:
 
 
 def _check(field: str, value: dict) -> dict:
+    from abtest_api import crd  # jsonschema and the CRD's YAML: only when a status is checked, not for every analysis
+
     errors = sorted(crd.validator("status", field).iter_errors(value), key=lambda e: crd.error_path(e))
     if errors:
         raise UserError(f"status.{field} is invalid: {crd.error_path(errors[0])}: {errors[0].message}")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check, one command for a lent GPU machine (see docs/benchmarks.md); about 4-6 minutes on one H100/H200.
+# The GPU check, one command for a lent GPU machine (see docs/benchmarks.md); at most 7 minutes on one H100/H200.
 #   bash benchmarks/gpu_check.sh          # on the GPU machine, through the device tool
 #   bash benchmarks/gpu_check.sh --cpu    # every phase at toy sizes on the CPU (what tests/test_gpu_check.py runs)
 # Nothing is fetched: the checkout is installed with pip --no-index --no-deps into a scratch folder (the GPU machine's
@@ -17,11 +17,12 @@ cd "$work"
 results="$work/results.jsonl" status="$work/status"
 : >"$status"
 if [ "$device" = cuda ]; then
-  models="${GPU_CHECK_MODELS:-timm/resnet50 timm/efficientnet_b3}" per_batch=10000 batch=256 seconds=5 size=() limit=()
-  t_install=90 t_data=60 t_ceiling=60 t_eval=100
+  # the timeouts add up to 7 minutes: 60 + 30 + 30 + 30 + 2 x 45 + 2 x 90 s
+  models="${GPU_CHECK_MODELS:-timm/resnet50 timm/efficientnet_b3}" per_batch=10000 batch=256 seconds=5 size=()
+  t_install=60 t_quick=30 t_data=30 t_ceiling=45 t_eval=90
 else
-  models="${GPU_CHECK_MODELS:-timm/test_resnet timm/test_efficientnet}" per_batch=40 batch=16 seconds=0.5 size=(--input-size 32) limit=()
-  t_install=120 t_data=60 t_ceiling=60 t_eval=120
+  models="${GPU_CHECK_MODELS:-timm/test_resnet timm/test_efficientnet}" per_batch=40 batch=16 seconds=0.5 size=(--input-size 32)
+  t_install=120 t_quick=60 t_data=60 t_ceiling=60 t_eval=120
 fi
 first="${models%% *}"
 
@@ -39,8 +40,8 @@ check=("$py" "$repo/benchmarks/gpu_check.py" --results "$results" --device "$dev
 
 phase install "$t_install" "$py" -m pip install --no-index --no-deps --no-build-isolation --quiet --target "$work/site" "$repo"
 export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}"
-phase env 60 "${check[@]}" env
-phase imports 60 "${check[@]}" imports
+phase env "$t_quick" "${check[@]}" env
+phase imports "$t_quick" "${check[@]}" imports
 phase dataset "$t_data" "${check[@]}" dataset --out "$work/data" --per-batch "$per_batch"
 for model in $models; do
   phase "ceiling-${model#*/}" "$t_ceiling" "${check[@]}" ceiling --model "$model" --batch-size "$batch" --seconds "$seconds" "${size[@]}"

@@ -71,12 +71,6 @@ def cmd_dataset(args) -> None:
     record(args.results, "dataset", images=5 * args.per_batch, path=str(args.out))
 
 
-def eval_size(model: str, input_size: int | None) -> int:
-    from abtest_evaluator import models, resolve
-
-    return input_size or resolve.resolve_data_config(models.build_model(model, 10).pretrained_cfg).input_size[1]
-
-
 def cmd_ceiling(args) -> None:
     """The model alone on GPU-resident, already normalised data with AMP and channels-last: what the device can do."""
     import torch
@@ -85,9 +79,10 @@ def cmd_ceiling(args) -> None:
     from abtest_evaluator.runner import seed_everything
 
     seed_everything(0, args.device)
-    size = eval_size(args.model, args.input_size)
+    loaded = models.build_model(args.model, 10)
+    size = args.input_size or resolve.resolve_data_config(loaded.pretrained_cfg).input_size[1]  # the eval size, as evaluate's
     amp_dtype = resolve.resolve_amp_dtype(args.device, None)
-    module = models.build_model(args.model, 10).module.to(args.device, memory_format=torch.channels_last).eval()
+    module = loaded.module.to(args.device, memory_format=torch.channels_last).eval()
     x = torch.randn(args.batch_size, 3, size, size, device=args.device).contiguous(memory_format=torch.channels_last)
 
     def step():

@@ -206,11 +206,10 @@ def run(prep: Prepared, telemetry: EvalTelemetry, on_look=None) -> Loop:
 
         def collect():
             nonlocal pos
-            batch_topk, batch_confidence, seconds = runner.collect([out for out, _ in pending])
+            group_topk, group_confidence, seconds = runner.collect([out for out, _ in pending])
+            topk[pos : pos + len(group_topk)], confidence[pos : pos + len(group_topk)] = group_topk, group_confidence
             for (_, labels), batch_time in zip(pending, seconds):
                 size, end = len(labels), pos + len(labels)
-                topk[pos:end], confidence[pos:end] = batch_topk[:size], batch_confidence[:size]
-                batch_topk, batch_confidence = batch_topk[size:], batch_confidence[size:]
                 correct = int((topk[pos:end, 0] == labels.numpy()).sum())
                 batch_seconds.append(batch_time)
                 batch_sizes.append(size)

@@ -53,9 +53,9 @@ COLUMN_ENCODINGS = {"index": "DELTA_BINARY_PACKED", "confidence": "BYTE_STREAM_S
 def atomic_write_parquet(path: Path, table: pa.Table) -> None:
     tmp = _temp_path(path)
     encodings = {name: encoding for name, encoding in COLUMN_ENCODINGS.items() if name in table.column_names}
-    dictionary = [name for name in table.column_names if name not in encodings]
-    if "top5" in dictionary:  # a list column's dictionary is set on its leaf
-        dictionary[dictionary.index("top5")] = "top5.list.element"
+    # every other column keeps its dictionary; a list column's is set on its leaf
+    dictionary = [f"{f.name}.list.element" if pa.types.is_fixed_size_list(f.type) or pa.types.is_list(f.type) else f.name
+                  for f in table.schema if f.name not in encodings]  # fmt: skip
     try:
         pq.write_table(table, tmp, compression="zstd", use_dictionary=dictionary, column_encoding=encodings)
         with open(tmp, "rb+") as fh:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,8 @@ from abtest_api.constants import (
 )
 from abtest_api.errors import UserError
 from abtest_api.result import P_FLOOR, format_p
-from abtest_evaluator import results, sequential, stats
-from abtest_evaluator.results import ModelData, load_model_dirs, load_models
+from abtest_evaluator import report, results, sequential, stats
+from abtest_evaluator.results import ModelData, load_model_dirs, load_models, model_dirs
 
 
 def collect_warnings(models: list[ModelData]) -> list[str]:
@@ -438,18 +439,27 @@ def design_total(models: list[ModelData], looks: int) -> int:
     return totals.pop()
 
 
-def write_result(root: Path, result: dict, models: list[ModelData]) -> None:
-    from abtest_evaluator import report
-
-    html = report.render(result, {m.name: m.metrics for m in models})
+def write_result(root: Path, result: dict, models: list[ModelData], figures: dict[str, str] | None = None) -> None:
+    html = report.render(result, {m.name: m.metrics for m in models}, figures)
     results.atomic_write_json(root / RESULT, result)
     results.atomic_write_bytes(root / REPORT, html.encode())
 
 
-def run_analysis(root: Path, alpha: float = 0.05, test: str = "auto", order: list[str] | None = None, **hypothesis) -> dict:
+def run_analysis(
+    root: Path,
+    alpha: float = 0.05,
+    test: str = "auto",
+    order: list[str] | None = None,
+    figures: report.MetricFigures | None = None,
+    **hypothesis,
+) -> dict:
     """Analyze and write result.json and report.html atomically; nothing is written on refusal.
-    ``hypothesis``: ``hypothesis=`` superiority (default) | noninferiority | equivalence, and ``margin=``."""
-    models = load_models(root, order)
-    result = compare_models(models, alpha, test, **hypothesis)
-    write_result(root, result, models)
+    ``figures``: the report's metric figures when the caller started them (the CLI, before these libraries load);
+    else they are drawn while the predictions load. ``hypothesis``: ``hypothesis=`` superiority (default) |
+    noninferiority | equivalence, and ``margin=``."""
+    dirs = model_dirs(root, order)
+    with nullcontext(figures) if figures else report.MetricFigures(results.metrics_by_model(dirs)) as figures:
+        models = load_model_dirs(dirs)
+        result = compare_models(models, alpha, test, **hypothesis)
+        write_result(root, result, models, figures.result())
     return result

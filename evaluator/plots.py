@@ -83,6 +83,16 @@ def reliability(metrics: dict[str, dict]) -> str:
     return png(fig)
 
 
+def metric_figures(metrics: dict[str, dict]) -> dict[str, str]:
+    """The report's figures that need only each model's metrics.json, by section title."""
+    return {
+        "Confusion matrices": confusion_matrices(metrics),
+        "Per-class accuracy": per_class_accuracy(metrics),
+        "Latency per batch": batch_latency(metrics),
+        "Reliability": reliability(metrics),
+    }
+
+
 def sequential_paths(seq: dict) -> str:
     """Each pair's z at every look so far, between the planned boundaries of all looks."""
     fig, ax = plt.subplots(figsize=(7, 3.4))

@@ -201,6 +201,15 @@ def model_dirs(root: Path, models: list[str] | None = None) -> list[Path]:
     return dirs
 
 
+def model_name(model_dir: Path, metrics: dict) -> str:
+    return metrics.get("model") or model_dir.name
+
+
+def metrics_by_model(dirs: list[Path]) -> dict[str, dict]:
+    """Each folder's metrics under its model's name: what the report's figures are drawn from."""
+    return {model_name(d, metrics): metrics for d, metrics in ((d, read_metrics(d)) for d in dirs)}
+
+
 def load_model(model_dir: Path) -> ModelData:
     metrics = read_metrics(model_dir)
     expected = metrics.get("predictions_sha256") or {}
@@ -223,7 +232,7 @@ def load_model(model_dir: Path) -> ModelData:
         raise UserError(
             f"{model_dir.name}: metrics.json says n={metrics.get('n')} but predictions hold {len(labels)} rows; re-run that model"
         )
-    return ModelData(metrics.get("model") or model_dir.name, metrics, labels, correct, confidence)
+    return ModelData(model_name(model_dir, metrics), metrics, labels, correct, confidence)
 
 
 def _read_columns(model_dir: Path, files: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -112,6 +112,15 @@ def mcnemar_test(table: Table, test: str = "auto") -> dict:
     return {"method": method, "statistic": float(k), "p": _p_value(math.exp(log_p), log_p)}
 
 
+def mcnemar_chi2(n10: np.ndarray, n01: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Statistic, p and log p of the continuity-corrected chi-square McNemar for many tables at once: statsmodels'
+    formula and scipy's chi2.sf, as ``mcnemar_test`` gets them one table at a time (for b != c; 1,000 per-class
+    tests in one call instead of 1,000 calls, ~0.1 s)."""
+    n10, n01 = np.asarray(n10, dtype=np.float64), np.asarray(n01, dtype=np.float64)
+    statistic = (np.abs(n10 - n01) - 1) ** 2 / (n10 + n01)
+    return statistic, stats.chi2.sf(statistic, 1), math.log(2) + special.log_ndtr(-np.sqrt(statistic))
+
+
 def paired_diff_ci(table: Table, level: float = 0.95) -> tuple[float, float]:
     """Interval for acc(A) - acc(B) on paired data: Newcombe (1998) method 10, from Wilson score intervals.
 
@@ -204,11 +213,16 @@ def per_class(labels: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float, te
     n01, n10, both_right = cells[:, 1], cells[:, 2], cells[:, 3]
     count = cells.sum(axis=1)
     right_a, right_b = n10 + both_right, n01 + both_right
+    tested = np.flatnonzero(n10 + n01)
+    # the chi-square tests in one vectorised call; the exact and mid-p ones (few discordant pairs) one by one
+    chi2 = (n10[tested] != n01[tested]) & (n10[tested] + n01[tested] >= EXACT_BELOW if test == "auto" else test == "chi2")
+    _, p_chi2, log_p_chi2 = mcnemar_chi2(n10[tested[chi2]], n01[tested[chi2]])
+    p_chi2 = iter(map(_p_value, p_chi2.tolist(), log_p_chi2.tolist()))
     rows = []
-    for k in np.flatnonzero(n10 + n01):
+    for k, vectorised in zip(tested, chi2):
         both = int(right_a[k] - n10[k])
         t = Table(both, int(n10[k]), int(n01[k]), int(count[k] - both - n10[k] - n01[k]))
-        res = mcnemar_test(t, test)
+        p = next(p_chi2) if vectorised else mcnemar_test(t, test)["p"]
         rows.append(
             {
                 "class": int(k),
@@ -217,8 +231,8 @@ def per_class(labels: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float, te
                 "accuracy_b": float(right_b[k] / count[k]),
                 "n10": t.n10,
                 "n01": t.n01,
-                "p_value": res["p"].value,
-                "p_value_text": res["p"].text,
+                "p_value": p.value,
+                "p_value_text": p.text,
             }
         )
     if rows:

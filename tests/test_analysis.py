@@ -1,10 +1,12 @@
 """`abtest analyze` and `abtest run`: verdicts checked against an independent computation, and every refusal."""
 
 import json
+import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from statsmodels.stats.multitest import multipletests
 
 from abtest_api.errors import UserError
 from abtest_api.result import check_status_result, status_result
-from abtest_evaluator import results
+from abtest_evaluator import report, results
 from abtest_evaluator.analysis import analyze, run_analysis
 from helpers import ROOT, abtest_cli, local_manifest, read_json, result_json
 
@@ -64,6 +66,32 @@ def test_analyze_cli_matches_statsmodels(evaluated, tmp_path):
     assert result["verdict"] in proc.stdout and "resnet" in proc.stdout.splitlines()[1]
     html = (root / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4 and 'src="http' not in html and result["verdict"] in html
+
+
+def test_the_report_drawn_beside_the_analysis_equals_one_drawn_after_it(evaluated, tmp_path):
+    root = copy_results(evaluated, tmp_path / "r")
+    result = run_analysis(root)  # its metric figures come from a forked child
+    metrics = {name: read_json(root / name / "metrics.json") for name in ("resnet", "vit")}
+    assert (root / "report.html").read_text() == report.render(result, metrics)  # all drawn here, after
+
+
+def _drawing_pid(metrics: dict) -> dict:
+    return {"pid": os.getpid()}
+
+
+def test_metric_figures_are_drawn_in_a_child_unless_threads_make_fork_unsafe(monkeypatch):
+    monkeypatch.setattr(report, "draw_metric_figures", _drawing_pid)
+    with report.MetricFigures({}) as figures:
+        assert figures.forked and figures.result()["pid"] != os.getpid()
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        with report.MetricFigures({}) as figures:
+            assert not figures.forked and figures.result()["pid"] == os.getpid()
+    finally:
+        stop.set()
+        other.join()
 
 
 def test_swapped_folders_give_the_same_p(evaluated, tmp_path):

@@ -266,6 +266,27 @@ def test_per_class_tests_are_mcnemar_on_each_class_and_holm_across_classes():
     assert [r["significant"] for r in rows] == list(reject) and [r["class"] for r in rows if r["significant"]] == [3]
 
 
+@pytest.mark.parametrize("test", ["auto", "chi2", "exact", "midp"])
+def test_per_class_p_values_equal_one_mcnemar_test_per_class(test):
+    """The vectorised chi-square against statsmodels' mcnemar through mcnemar_test, class by class: equal to the bit,
+    over classes with few and many discordant pairs, b = c included."""
+    rng = np.random.default_rng(5)
+    labels = np.concatenate([rng.integers(0, 50, 19_900), rng.integers(50, 60, 100)])  # classes 50-59: few pairs
+    a = rng.random(20_000) < 0.8
+    b = np.where(labels == 7, a, rng.random(20_000) < 0.8)  # class 7: b = c = 0, not tested
+    b[(labels == 10) & a] = False  # class 10: B wrong wherever A is right
+    b[labels == 20] = rng.permutation(a[labels == 20])  # class 20: as many right as A, so n10 = n01
+    rows = stats.per_class(labels, a, b, 0.05, test)
+    assert 7 not in [r["class"] for r in rows] and len(rows) == 59
+    for r in rows:
+        m = labels == r["class"]
+        both = int(np.sum(a[m] & b[m]))
+        table = stats.Table(both, r["n10"], r["n01"], int(m.sum()) - both - r["n10"] - r["n01"])
+        expected = stats.mcnemar_test(table, test)["p"]
+        assert (r["p_value"], r["p_value_text"]) == (expected.value, expected.text), r
+    assert any(r["n10"] + r["n01"] < stats.EXACT_BELOW for r in rows) and any(r["n10"] == r["n01"] > 0 for r in rows)
+
+
 def test_latency_ratio_estimate_uses_every_batch():
     rng = np.random.default_rng(0)
     a, b = rng.gamma(5, 1, 50_001), rng.gamma(5, 2, 30_001)

@@ -3,7 +3,8 @@
     python benchmarks/operator_scale.py [--lifecycles 10] [--small 50] [--large 500]
 
 Runs on the e2e tier's real node (kubelet, containerd, the project's images) with the operator
-installed by the chart (8 workers). Two parts, one cluster, one operator:
+installed by the chart with its default values (the e2e tier's 4 workers are raised back to the chart's
+default, or ``--workers``). Two parts, one cluster, one operator:
 1. lifecycles: ``--lifecycles`` two-model ABTests run to Succeeded (random-weight tiny models on 32
    digits samples, real evaluator pods, real analysis); the operator's requests per ABTest lifecycle
    come from the API server's audit log (user = the operator's ServiceAccount).
@@ -28,6 +29,8 @@ import time
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -183,6 +186,7 @@ def main() -> None:
     p.add_argument("--small", type=int, default=50)
     p.add_argument("--large", type=int, default=500)
     p.add_argument("--timeout", type=float, default=900)
+    p.add_argument("--workers", type=int, help="operator.maxWorkers (default: the chart's)")
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="operator-scale-", dir=Path.home() / ".cache" / "abtest"))
     (root / "audit-policy.yaml").write_text(AUDIT_POLICY)
@@ -200,7 +204,8 @@ def main() -> None:
     )
     try:
         start_cluster(cp, images)
-        operator = start_operator(cp, cp.bin, images)
+        chart_values = yaml.safe_load((ROOT / "charts" / "abtest-operator" / "values.yaml").read_text())
+        operator = start_operator(cp, cp.bin, images, {"operator.maxWorkers": str(args.workers or chart_values["operator"]["maxWorkers"])})
         user = f"system:serviceaccount:abtest-system:{operator.sa}"
         audit = Audit(root / "audit.log")
         workers = operator.values["operator.maxWorkers"]

@@ -57,6 +57,7 @@ def memo(cluster) -> kopf.Memo:
         metrics=OperatorMetrics(),
         events=RecordedEvents(),
         claims=set(),
+        specs={},
         written=Written(),
         locks=collections.defaultdict(threading.Lock),
     )
@@ -480,3 +481,21 @@ def test_a_sharded_model_is_one_indexed_job_whose_pods_learn_their_part(memo, cl
     shard_env = next(e for e in container["env"] if e["name"] == "ABTEST_SHARD")
     assert shard_env["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
     assert len(cluster.of_kind("Job")) == 2  # one Job per model, whatever the shards
+
+
+def test_a_spec_is_parsed_once_per_generation(cluster, memo, monkeypatch):
+    """Passes for Job events reuse the spec parsed at this generation; a new generation is parsed (and validated) again."""
+    parsed = []
+    parse = handlers.parse_abtest
+    monkeypatch.setattr(handlers, "parse_abtest", lambda manifest: parsed.append(manifest["metadata"]["generation"]) or parse(manifest))
+    abtest = apply_abtest(cluster)
+    first = handlers.parsed_spec(memo.specs, abtest)
+    assert handlers.parsed_spec(memo.specs, copy.deepcopy(abtest)) is first and parsed == [1]
+    changed = copy.deepcopy(abtest)
+    changed["metadata"]["generation"] = 2
+    changed["spec"]["analysis"] = {"alpha": 0.01}
+    assert handlers.parsed_spec(memo.specs, changed).alpha == 0.01 and parsed == [1, 2]
+    changed["spec"]["analysis"] = {"alpha": 2}  # invalid at generation 3: refused, never served from the cache
+    changed["metadata"]["generation"] = 3
+    with pytest.raises(handlers.UserError, match="alpha"):
+        handlers.parsed_spec(memo.specs, changed)

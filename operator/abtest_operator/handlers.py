@@ -81,6 +81,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     if "events" not in memo:
         memo.events = KopfEvents()
     memo.claims = set()  # results claims known to exist
+    memo.specs = {}  # parsed specs by ABTest, with the generation they were parsed at
     memo.written = Written()  # this operator's writes, until its watches deliver them
     memo.locks = collections.defaultdict(threading.Lock)  # one pass at a time per ABTest
     settings.execution.max_workers = memo.config.max_workers
@@ -253,7 +254,7 @@ def reconcile(
         metrics.observe(meta["namespace"], meta["name"], old)
         return old
     try:
-        spec = parse_abtest(abtest)
+        spec = parsed_spec(memo.specs, abtest)
         policy.check(spec, cfg)
         models, analysis = observe(clients, seen, spec, now)
         new = status.derive_status(spec, meta.get("generation", 1), models, analysis, previous=old, now=now, default_image=cfg.image)
@@ -291,6 +292,19 @@ def reconcile(
     announce(memo.events, abtest, old, new, created)
     metrics.observe(spec.namespace, spec.name, {**old, **new})
     return new
+
+
+def parsed_spec(specs: dict, abtest: dict) -> ABTestSpec:
+    """parse_abtest once per generation of an ABTest (its spec changes only with one): a pass for each Job event
+    validated the same spec against the CRD schema again. ``specs``: the cache (memo.specs)."""
+    meta = abtest["metadata"]
+    key, generation = (meta["namespace"], meta["uid"]), meta.get("generation")
+    cached = specs.get(key)
+    if generation is not None and cached and cached[0] == generation:
+        return cached[1]
+    spec = parse_abtest(abtest)
+    specs[key] = (generation, spec)
+    return spec
 
 
 def _guarded(memo: kopf.Memo, abtest: dict, seen: Observed) -> None:
@@ -337,6 +351,7 @@ def abtest_changed(event: dict, body: kopf.Body, memo: kopf.Memo, **kwargs) -> N
         memo.metrics.forget(meta["namespace"], meta["name"])
         memo.written.forget(meta["namespace"], meta["uid"])
         memo.locks.pop((meta["namespace"], meta["uid"]), None)
+        memo.specs.pop((meta["namespace"], meta["uid"]), None)
     elif event["type"] is None or not (status.is_terminal(body.get("status")) or memo.written.echoes(body)):
         _guarded(memo, dict(body), _seen(memo, kwargs))  # (at startup, terminal ones too: their metrics)
 

@@ -102,6 +102,9 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     tick = os.sysconf("SC_CLK_TCK")
     out = {}
     for name, pid in pids.items():
+        if not Path(f"/proc/{pid}").exists():  # restarted (reported at the end)
+            out[name] = float("nan")
+            continue
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         out[name] = (int(fields[11]) + int(fields[12])) / tick
     return out
@@ -174,6 +177,23 @@ def scale(cp: ControlPlane, audit: Audit, user: str, namespace: str, n: int, tim
     return latency
 
 
+def restarts(cp: ControlPlane, operator) -> str:
+    """How often the operator's container restarted during the run, why, and its last log lines before: a restart
+    re-lists every object, and the latencies after it measure the restart, not the operator."""
+    pod = operator.pod()
+    container = pod["status"]["containerStatuses"][0]
+    if not container["restartCount"]:
+        return "no operator restart"
+    last = container.get("lastState", {}).get("terminated", {})
+    namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+    logs = cp.kubectl("logs", "-n", namespace, name, "--previous", "--tail", "15", check=False)
+    warnings = cp.kubectl("get", "events", "-n", namespace, "--field-selector", "type=Warning", check=False)
+    return (
+        f"OPERATOR RESTARTED {container['restartCount']} time(s): {last.get('reason')} (exit code {last.get('exitCode')}); "
+        f"its last lines:\n{logs.stdout}{logs.stderr}\nWarning Events:\n{warnings.stdout}"
+    )
+
+
 def peak_rss_mib(cp: ControlPlane, operator) -> float:
     pid = cp.node.container_pid(operator.pod()["status"]["containerStatuses"][0]["containerID"])
     status = Path(f"/proc/{pid}/status").read_text().splitlines()
@@ -221,6 +241,7 @@ def main() -> None:
         large = scale(cp, audit, user, make_namespace(cp, root / "models", "large").name, args.large, args.timeout, pids)
         ratio = pct(large, 95) / pct(small, 95)
         print(f"   p95 at {args.large} / p95 at {args.small}: {ratio:.2f}x  (target <= 2)")
+        print(f"   {restarts(cp, operator)}")
         print(
             f"3. operator peak RSS (VmHWM) with {args.lifecycles + args.small + args.large} ABTests watched: {peak_rss_mib(cp, operator):.0f} MiB  (target <= 300)"
         )

@@ -84,12 +84,16 @@ class Written:
     them a pass that starts before the watch delivers the previous pass's writes creates and writes again (a 409
     each, and a GET to recover). An entry goes when its own watch event arrives (``echoes``) or the watch shows a
     later version, and after ``ttl`` seconds in any case (an object deleted before its watch event came, or whose
-    event kopf folded into a later one, must not live on here)."""
+    event kopf folded into a later one, must not live on here).
+
+    Passes run in kopf's worker threads, several ABTests at once: Jobs are kept per ABTest, so a pass reads only its
+    own ABTest's entries, and never iterates a dict that another thread may be adding to (a scan of one shared dict
+    raised "dictionary changed size during iteration" in a burst of 500 ABTests, failing passes until the resync)."""
 
     def __init__(self, ttl: float = 60.0, clock=time.monotonic):
         self.ttl, self.clock = ttl, clock
         self.abtests: dict[tuple[str, str], tuple[float, dict]] = {}
-        self.jobs: dict[tuple[str, str, str], tuple[float, dict]] = {}
+        self.jobs: dict[tuple[str, str], dict[str, tuple[float, dict]]] = {}  # by (namespace, ABTest UID), then Job name
 
     def abtest(self, body: dict) -> None:
         meta = body["metadata"]
@@ -99,9 +103,9 @@ class Written:
     def job(self, body: dict) -> None:
         uid = owner_uid(body)
         if uid:
-            self.jobs[(body["metadata"]["namespace"], uid, body["metadata"]["name"])] = (self.clock(), job_entry(body))
+            self.jobs.setdefault((body["metadata"]["namespace"], uid), {})[body["metadata"]["name"]] = (self.clock(), job_entry(body))
 
-    def _current(self, table: dict, key: tuple, watched: Mapping | None) -> dict | None:
+    def _current(self, table: dict, key, watched: Mapping | None) -> dict | None:
         """The written copy while the watch has not caught up with it; None (and the entry dropped) once it has."""
         stamp, mine = table.get(key, (0.0, None))
         if mine is None:
@@ -117,10 +121,11 @@ class Written:
 
     def jobs_over(self, namespace: str, uid: str, watched: dict[str, dict]) -> dict[str, dict]:
         out = dict(watched)
-        for key in [k for k in self.jobs if k[:2] == (namespace, uid)]:
-            mine = self._current(self.jobs, key, watched.get(key[2]))
+        table = self.jobs.get((namespace, uid), {})
+        for name in list(table):  # a copy: a Job event's echo check may drop an entry meanwhile
+            mine = self._current(table, name, watched.get(name))
             if mine is not None:
-                out[key[2]] = mine
+                out[name] = mine
         return out
 
     def echoes(self, body: Mapping) -> bool:
@@ -131,7 +136,7 @@ class Written:
         if body.get("kind") == KIND:
             table, key = self.abtests, (namespace, meta.get("uid"))
         else:
-            table, key = self.jobs, (namespace, owner_uid(body), meta.get("name"))
+            table, key = self.jobs.get((namespace, owner_uid(body)), {}), meta.get("name")
         mine = table.get(key, (0.0, None))[1]
         echo = mine is not None and _version(mine) is not None and _version(mine) == _version(body)
         if echo:
@@ -142,8 +147,7 @@ class Written:
 
     def forget(self, namespace: str, uid: str) -> None:
         self.abtests.pop((namespace, uid), None)
-        for key in [k for k in self.jobs if k[:2] == (namespace, uid)]:
-            self.jobs.pop(key, None)
+        self.jobs.pop((namespace, uid), None)
 
 
 @dataclass(frozen=True)
@@ -157,7 +161,8 @@ class Observed:
     written: Written = field(default_factory=Written)
 
     def jobs_of(self, namespace: str, uid: str) -> dict[str, dict]:
-        return self.written.jobs_over(namespace, uid, {j["metadata"]["name"]: j for j in self.jobs.get((namespace, uid), ())})
+        # list(): one step in C, while the event loop's thread may be updating this index entry
+        return self.written.jobs_over(namespace, uid, {j["metadata"]["name"]: j for j in list(self.jobs.get((namespace, uid), ()))})
 
     def pods_of(self, namespace: str, job: str) -> list[dict]:
         return list(self.pods.get((namespace, job), ()))

@@ -183,7 +183,9 @@ def restarts(cp: ControlPlane, operator) -> str:
     pod = operator.pod()
     container = pod["status"]["containerStatuses"][0]
     if not container["restartCount"]:
-        return "no operator restart"
+        logs = cp.kubectl("logs", "-n", pod["metadata"]["namespace"], pod["metadata"]["name"], check=False).stdout.splitlines()
+        noted = [line for line in logs if "WARNING" in line or "ERROR" in line]  # kopf's and ours; INFO is not logged
+        return f"no operator restart; {len(noted)} warning/error lines in its log" + "".join(f"\n     {line[:300]}" for line in noted[-12:])
     last = container.get("lastState", {}).get("terminated", {})
     namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
     logs = cp.kubectl("logs", "-n", namespace, name, "--previous", "--tail", "15", check=False)

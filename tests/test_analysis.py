@@ -1,12 +1,10 @@
 """`abtest analyze` and `abtest run`: verdicts checked against an independent computation, and every refusal."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -70,28 +68,39 @@ def test_analyze_cli_matches_statsmodels(evaluated, tmp_path):
 
 def test_the_report_drawn_beside_the_analysis_equals_one_drawn_after_it(evaluated, tmp_path):
     root = copy_results(evaluated, tmp_path / "r")
-    result = run_analysis(root)  # its metric figures come from a forked child
+    proc = abtest_cli("analyze", root)  # a fresh, single-threaded process: its metric figures come from a forked child
+    assert proc.returncode == 0, proc.stderr
     metrics = {name: read_json(root / name / "metrics.json") for name in ("resnet", "vit")}
-    assert (root / "report.html").read_text() == report.render(result, metrics)  # all drawn here, after
+    assert (root / "report.html").read_text() == report.render(read_json(root / "result.json"), metrics)  # drawn here
 
 
-def _drawing_pid(metrics: dict) -> dict:
+# Run in a fresh interpreter: the test process itself has other threads by now (servers of earlier tests).
+FORK_OR_NOT = """
+import json, os, threading
+from abtest_evaluator import report
+
+def drawing_pid(metrics):
     return {"pid": os.getpid()}
 
+report.draw_metric_figures = drawing_pid
+with report.MetricFigures({}) as figures:
+    alone = (figures.forked, figures.result()["pid"] != os.getpid())
+stop = threading.Event()
+other = threading.Thread(target=stop.wait)
+other.start()
+with report.MetricFigures({}) as figures:
+    threaded = (figures.forked, figures.result()["pid"] != os.getpid())
+stop.set()
+other.join()
+print(json.dumps({"alone": alone, "threaded": threaded}))
+"""
 
-def test_metric_figures_are_drawn_in_a_child_unless_threads_make_fork_unsafe(monkeypatch):
-    monkeypatch.setattr(report, "draw_metric_figures", _drawing_pid)
-    with report.MetricFigures({}) as figures:
-        assert figures.forked and figures.result()["pid"] != os.getpid()
-    stop = threading.Event()
-    other = threading.Thread(target=stop.wait)
-    other.start()
-    try:
-        with report.MetricFigures({}) as figures:
-            assert not figures.forked and figures.result()["pid"] == os.getpid()
-    finally:
-        stop.set()
-        other.join()
+
+def test_metric_figures_are_drawn_in_a_child_unless_threads_make_fork_unsafe():
+    proc = subprocess.run([sys.executable, "-c", FORK_OR_NOT], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    # (forked, drawn in another process): alone, a child draws; beside another thread, this process does
+    assert json.loads(proc.stdout) == {"alone": [True, True], "threaded": [False, False]}
 
 
 def test_swapped_folders_give_the_same_p(evaluated, tmp_path):

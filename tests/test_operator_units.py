@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import yaml
@@ -386,6 +386,23 @@ def test_already_exists_counts_as_created_only_for_our_own_objects():
 )
 def test_pod_stall_names_causes_that_do_not_resolve(pod, cause):
     assert status.pod_stall(pod) == cause
+
+
+def test_a_pod_unschedulable_for_a_moment_is_not_stalled():
+    """While its claim is being bound a pod is briefly unschedulable ("pod has unbound immediate
+    PersistentVolumeClaims"); the scheduler retries it when the claim binds, so only a lasting one is a stall."""
+    since = NOW - timedelta(seconds=status.UNSCHEDULABLE_GRACE_SECONDS - 1)
+    condition = {
+        "type": "PodScheduled",
+        "status": "False",
+        "reason": "Unschedulable",
+        "lastTransitionTime": since.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    condition["message"] = "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims."
+    pod = {"status": {"conditions": [condition]}}
+    assert status.pod_stall(pod, NOW) == ""
+    later = NOW + timedelta(seconds=1)
+    assert status.pod_stall(pod, later) == "unschedulable: " + condition["message"]
 
 
 def test_a_stall_is_a_condition_at_once_and_a_failure_after_the_timeout():

@@ -117,7 +117,7 @@ def observe(clients: Clients, seen: Observed, spec: ABTestSpec, now: datetime) -
 
     def stall(job: dict) -> str:
         pods = seen.pods_of(spec.namespace, job["metadata"]["name"])
-        cause = next((c for c in map(status.pod_stall, pods) if c), "")
+        cause = next((c for c in (status.pod_stall(pod, now) for pod in pods) if c), "")
         if cause or pods or (job.get("status") or {}).get("active") or _age(job, now) < POD_CREATE_GRACE_SECONDS:
             return cause  # a Job with an active pod has one (the pod watch lags): nothing to ask
         return refused_pod_creation(clients, spec.namespace, job["metadata"]["name"])

@@ -31,17 +31,29 @@ STALL_WAITING_REASONS = frozenset(
 )
 
 
-def pod_stall(pod: dict) -> str:
-    """Why a pod cannot start, or "" when it is starting, running or done."""
+# The scheduler retries an unschedulable pod whenever the cluster changes (a claim binds, a node joins), so a
+# pod is unschedulable for a moment while its PersistentVolumeClaim is being bound; only a lasting one is a stall.
+UNSCHEDULABLE_GRACE_SECONDS = 10
+
+
+def pod_stall(pod: dict, now: datetime | None = None) -> str:
+    """Why a pod cannot start, or "" when it is starting, running or done (or unschedulable only since a moment
+    before ``now``)."""
     status = pod.get("status") or {}
     for c in status.get("conditions") or []:
         if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
+            if now is not None and _seconds_since(c.get("lastTransitionTime"), now) < UNSCHEDULABLE_GRACE_SECONDS:
+                return ""
             return f"unschedulable: {c.get('message') or 'no node fits'}"
     for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
         waiting = (cs.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") in STALL_WAITING_REASONS:
             return f"{waiting['reason']}: {waiting.get('message') or 'the container cannot start'}"
     return ""
+
+
+def _seconds_since(stamp: str | None, now: datetime) -> float:
+    return (now - datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds() if stamp else float("inf")
 
 
 def job_state(job: dict | None, pod_message: str = "") -> JobState:

@@ -297,8 +297,11 @@ def test_a_pod_that_cannot_start_is_stalled_then_failed(cluster, namespace, case
         conditions = {c["type"]: c for c in (get_abtest(cluster, namespace.name, name).get("status") or {}).get("conditions", [])}
         return conditions.get("Stalled", {}).get("status") == "True" and conditions["Stalled"]
 
-    condition = cluster.wait_for(stalled, 60, "the Stalled condition", interval=1)
-    assert cause in condition["message"], condition
+    # The message follows the current cause: a claim still being bound may be named first, then the lasting one.
+    condition = cluster.wait_for(
+        lambda: (c := stalled()) and cause in c["message"] and c, 60, f"a Stalled condition naming {cause}", interval=1
+    )
+    assert condition["reason"] == "PodCannotStart", condition
     status = wait_phase(cluster, namespace.name, name, ("Failed", "Succeeded"), timeout=90)["status"]
     assert status["phase"] == "Failed"
     assert status["reason"].startswith("model ") and " stalled for " in status["reason"] and cause in status["reason"], status["reason"]

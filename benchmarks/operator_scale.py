@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -48,6 +49,17 @@ def requests_total(cp: ControlPlane) -> float:
         if line.startswith("apiserver_request_total{"):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def terminated_watchers(cp: ControlPlane) -> str:
+    """Watches the API server closed because their client read too slowly (its watch cache drops such watchers;
+    the client re-watches, and a watch that fell too far behind re-lists)."""
+    closed = {}
+    for line in cp.get("/metrics").splitlines():
+        if line.startswith("apiserver_terminated_watchers_total{"):
+            labels, value = line.rsplit(" ", 1)
+            closed[re.search(r'resource="([^"]*)"', labels).group(1)] = float(value)
+    return ", ".join(f"{resource} {n:.0f}" for resource, n in closed.items()) or "none"
 
 
 def abtest(name: str, namespace: str, queue: str | None = None) -> dict:
@@ -244,6 +256,7 @@ def main() -> None:
         ratio = pct(large, 95) / pct(small, 95)
         print(f"   p95 at {args.large} / p95 at {args.small}: {ratio:.2f}x  (target <= 2)")
         print(f"   {restarts(cp, operator)}")
+        print(f"   watches the API server closed as too slow: {terminated_watchers(cp)}")
         print(
             f"3. operator peak RSS (VmHWM) with {args.lifecycles + args.small + args.large} ABTests watched: {peak_rss_mib(cp, operator):.0f} MiB  (target <= 300)"
         )

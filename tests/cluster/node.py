@@ -45,7 +45,9 @@ def sh(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
 
 
 def prepare_network() -> None:
-    """The pod bridge with the gateway address, forwarding, and bridged traffic through iptables."""
+    """The pod bridge with the gateway address, forwarding, and bridged traffic through iptables; no pod network
+    left by an earlier run (one that died before its node stopped)."""
+    remove_pod_networks()
     if sh("ip", "link", "show", BRIDGE, check=False).returncode != 0:
         sh("ip", "link", "add", BRIDGE, "type", "bridge")
     addresses = sh("ip", "-o", "-4", "addr", "show", "dev", BRIDGE).stdout
@@ -56,6 +58,19 @@ def prepare_network() -> None:
         path = Path("/proc/sys") / key
         if path.exists() and path.read_text().strip() != value:
             path.write_text(value)
+
+
+def remove_pod_networks() -> None:
+    """Deletes the network namespaces of pods on this machine's pod network. Stopping containerd runs no CNI DEL,
+    so a pod's namespace outlived its node, its address still answering on the bridge; the first pod of the next
+    run (the operator, 10.244.0.2 every time) then shared its address with a dead one, and the server's replies
+    after a pause could reach the dead one, which reset the connection: the operator's watches went silent until
+    kopf's 70 s inactivity timeout. One node per machine, so every namespace on POD_CIDR is a leftover here."""
+    prefix = POD_CIDR.rsplit(".", 1)[0] + "."
+    for line in sh("ip", "netns", "list", check=False).stdout.splitlines():
+        name = line.split()[0]
+        if name.startswith("cni-") and f" {prefix}" in sh("ip", "-n", name, "-o", "-4", "addr", "show", check=False).stdout:
+            sh("ip", "netns", "delete", name, check=False)
 
 
 @dataclass
@@ -290,6 +305,7 @@ state = "{state / "state"}"
         # The runc shims outlive containerd by design; stop them so their mounts can go.
         sh("pkill", "-KILL", "-f", f"containerd-shim-runc-v2.* -address {self.sock}", check=False)
         self._stop("containerd")
+        remove_pod_networks()
         self._cleanup_mounts()
 
     def _cleanup_mounts(self) -> None:

@@ -1,6 +1,9 @@
 """The e2e pods are containers from the project's images, run by a real kubelet and container runtime."""
 
 import json
+import os
+import subprocess
+import sys
 import tarfile
 from datetime import datetime
 from pathlib import Path
@@ -75,3 +78,29 @@ def test_evaluator_pods_are_containers_from_the_evaluator_image(cluster, namespa
         assert any(d in container["imageID"] for d in digests), container["imageID"]
         assert container["state"]["terminated"]["exitCode"] == 0
         assert pod["status"]["podIP"].startswith("10.244.0.")
+
+
+def test_a_pod_network_left_by_an_earlier_run_is_removed(tmp_path):
+    """A pod's network namespace that outlived its node (no CNI DEL when containerd stops) kept its address on the
+    bridge, and the next run's operator, given the same address, lost its watch connections to it. Checked in a
+    mount namespace of its own, with its own /run/netns, so the running cluster's pods are out of reach."""
+    script = tmp_path / "leftover.sh"
+    script.write_text(
+        "set -e\n"
+        "mount -t tmpfs none /run/netns\n"
+        "ip netns add cni-leftover && ip -n cni-leftover link add pod0 type veth peer name pod1\n"
+        "ip -n cni-leftover addr add 10.244.0.2/24 dev pod0\n"
+        "ip netns add cni-elsewhere && ip -n cni-elsewhere link add pod0 type veth peer name pod1\n"
+        "ip -n cni-elsewhere addr add 192.168.77.2/24 dev pod0\n"
+        f"{sys.executable} -c 'from cluster.node import remove_pod_networks; remove_pod_networks()'\n"
+        "ip netns list\n"
+    )
+    Path("/run/netns").mkdir(parents=True, exist_ok=True)
+    out = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "bash", str(script)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert out.returncode == 0, out.stderr
+    assert [line.split()[0] for line in out.stdout.splitlines()] == ["cni-elsewhere"], out.stdout

@@ -385,7 +385,7 @@ def test_already_exists_counts_as_created_only_for_our_own_objects():
     ],
 )
 def test_pod_stall_names_causes_that_do_not_resolve(pod, cause):
-    assert status.pod_stall(pod) == cause
+    assert status.pod_stall(pod, NOW) == cause
 
 
 def test_a_pod_unschedulable_for_a_moment_is_not_stalled():

@@ -137,7 +137,7 @@ def observe(clients: Clients, seen: Observed, spec: ABTestSpec, now: datetime) -
 
 def _age(obj: dict, now: datetime) -> float:
     created = obj["metadata"].get("creationTimestamp")
-    return (now - datetime.fromisoformat(created.replace("Z", "+00:00"))).total_seconds() if created else 0.0
+    return status.seconds_since(created, now) if created else 0.0
 
 
 def refused_pod_creation(clients: Clients, namespace: str, job: str) -> str:

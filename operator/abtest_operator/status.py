@@ -36,13 +36,14 @@ STALL_WAITING_REASONS = frozenset(
 UNSCHEDULABLE_GRACE_SECONDS = 10
 
 
-def pod_stall(pod: dict, now: datetime | None = None) -> str:
+def pod_stall(pod: dict, now: datetime) -> str:
     """Why a pod cannot start, or "" when it is starting, running or done (or unschedulable only since a moment
     before ``now``)."""
     status = pod.get("status") or {}
     for c in status.get("conditions") or []:
         if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
-            if now is not None and _seconds_since(c.get("lastTransitionTime"), now) < UNSCHEDULABLE_GRACE_SECONDS:
+            since = c.get("lastTransitionTime")
+            if since and seconds_since(since, now) < UNSCHEDULABLE_GRACE_SECONDS:
                 return ""
             return f"unschedulable: {c.get('message') or 'no node fits'}"
     for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
@@ -52,8 +53,9 @@ def pod_stall(pod: dict, now: datetime | None = None) -> str:
     return ""
 
 
-def _seconds_since(stamp: str | None, now: datetime) -> float:
-    return (now - datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds() if stamp else float("inf")
+def seconds_since(stamp: str, now: datetime) -> float:
+    """Seconds from a Kubernetes timestamp ("2026-12-01T21:52:53Z") to ``now``."""
+    return (now - datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds()
 
 
 def job_state(job: dict | None, pod_message: str = "") -> JobState:
@@ -152,8 +154,7 @@ def derive_status(
         generation,
     )
     if stalled and phase not in (SUCCEEDED, FAILED):
-        since = datetime.fromisoformat(stalled_condition["lastTransitionTime"].replace("Z", "+00:00"))
-        waited = ((now or datetime.now(UTC)) - since).total_seconds()
+        waited = seconds_since(stalled_condition["lastTransitionTime"], now or datetime.now(UTC))
         if waited >= spec.stall_timeout_seconds:
             name, cause = stalled[0]
             phase, reason = (

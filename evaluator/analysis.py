@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -439,8 +438,8 @@ def design_total(models: list[ModelData], looks: int) -> int:
     return totals.pop()
 
 
-def write_result(root: Path, result: dict, models: list[ModelData], figures: dict[str, str] | None = None) -> None:
-    html = report.render(result, {m.name: m.metrics for m in models}, figures)
+def write_result(root: Path, result: dict, models: list[ModelData]) -> None:
+    html = report.render(result, {m.name: m.metrics for m in models})
     results.atomic_write_json(root / RESULT, result)
     results.atomic_write_bytes(root / REPORT, html.encode())
 
@@ -450,16 +449,11 @@ def run_analysis(
     alpha: float = 0.05,
     test: str = "auto",
     order: list[str] | None = None,
-    figures: report.MetricFigures | None = None,
     **hypothesis,
 ) -> dict:
-    """Analyze and write result.json and report.html atomically; nothing is written on refusal.
-    ``figures``: the report's metric figures when the caller started them (the CLI, before these libraries load);
-    else they are drawn while the predictions load. ``hypothesis``: ``hypothesis=`` superiority (default) |
-    noninferiority | equivalence, and ``margin=``."""
-    dirs = model_dirs(root, order)
-    with nullcontext(figures) if figures else report.MetricFigures(results.metrics_by_model(dirs)) as figures:
-        models = load_model_dirs(dirs)
-        result = compare_models(models, alpha, test, **hypothesis)
-        write_result(root, result, models, figures.result())
+    """Analyze and write result.json and report.html atomically; nothing is written on refusal. ``hypothesis``:
+    ``hypothesis=`` superiority (default) | noninferiority | equivalence, and ``margin=``."""
+    models = load_model_dirs(model_dirs(root, order))
+    result = compare_models(models, alpha, test, **hypothesis)
+    write_result(root, result, models)
     return result

@@ -1,15 +1,12 @@
 """The analysis in words: the plain-text table the CLI prints, and report.html, one self-contained page
-(plots inlined as PNG) from result.json and each model's metrics.json."""
+(plots inlined as SVG) from result.json and each model's metrics.json."""
 
 from __future__ import annotations
 
-import gc
 import html
-import multiprocessing
-import threading
-from concurrent.futures import ProcessPoolExecutor
 
 from abtest_api.result import format_p
+from abtest_evaluator import plots
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#111827;padding:0 1rem}
@@ -121,8 +118,6 @@ def _sequential(result: dict) -> str:
     seq = result.get("sequential")
     if not seq:
         return ""
-    from abtest_evaluator import plots  # matplotlib: only for a sequential design
-
     pairs = list(seq["history"][-1]["z"])
     body = [
         [
@@ -143,48 +138,8 @@ def _sequential(result: dict) -> str:
     )
 
 
-class MetricFigures:
-    """The figures drawn from metrics.json alone, drawn in a forked process while the caller loads and tests the
-    predictions: matplotlib's import and the four figures take ~0.6 s, a quarter of a 10-million-sample analysis.
-    Where fork is missing or unsafe (other threads running) they are drawn in this process when asked for.
-
-        with MetricFigures(metrics) as figures:
-            ...  # the analysis
-            page = render(result, metrics, figures.result())
-    """
-
-    def __init__(self, metrics: dict[str, dict]):
-        self.metrics = metrics
-        self.forked = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
-        self._pool: ProcessPoolExecutor | None = None
-
-    def __enter__(self) -> MetricFigures:
-        if self.forked:  # gc.freeze: the child's collections skip the objects it shares with this process
-            try:
-                self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"), initializer=gc.freeze)
-            except (ImportError, OSError):  # no working sem_open (no /dev/shm): draw here
-                self.forked = False
-                return self
-            self._future = self._pool.submit(draw_metric_figures, self.metrics)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._pool:
-            self._pool.shutdown(cancel_futures=True)
-
-    def result(self) -> dict[str, str]:
-        return self._future.result() if self._pool else draw_metric_figures(self.metrics)
-
-
-def draw_metric_figures(metrics: dict[str, dict]) -> dict[str, str]:
-    from abtest_evaluator import plots  # matplotlib: only where a page is drawn
-
-    return plots.metric_figures(metrics)
-
-
-def render(result: dict, metrics: dict[str, dict], figures: dict[str, str] | None = None) -> str:
-    """The page. ``figures``: the metric figures by section (MetricFigures' result), drawn here when not given."""
-    figures = figures or draw_metric_figures(metrics)
+def render(result: dict, metrics: dict[str, dict]) -> str:
+    """The page."""
     winner = result["winner"]
     omnibus = ""
     if result["omnibus"]:
@@ -202,7 +157,7 @@ def render(result: dict, metrics: dict[str, dict], figures: dict[str, str] | Non
 {omnibus}
 <h2>Paired comparisons</h2>{_comparisons(result)}
 {_sequential(result)}
-{"".join(f"<h2>{title}</h2>{figure}" for title, figure in figures.items())}
+{"".join(f"<h2>{title}</h2>{figure}" for title, figure in plots.metric_figures(metrics).items())}
 </body></html>
 """
 

@@ -20,7 +20,6 @@ DATA_PLANE_MODULES = {
     "statsmodels",
     "sklearn",
     "pyarrow",
-    "matplotlib",
     "safetensors",
     "PIL",
 }
@@ -74,22 +73,9 @@ def add_analyze(sub) -> None:
 
 
 def cmd_analyze(args) -> int:
-    from contextlib import nullcontext
     from pathlib import Path
-
-    from abtest_evaluator import report, results  # numpy and pyarrow; the statistics libraries load below
 
     order = args.models.split(",") if args.models else None
-    # The report's figures need only metrics.json: a forked child draws them while this process loads the
-    # statistics libraries (~0.8 s on one core) and the predictions.
-    figures = None if args.looks else report.MetricFigures(results.metrics_by_model(results.model_dirs(Path(args.dir), order)))
-    with figures or nullcontext():
-        return analyze(args, order, figures)
-
-
-def analyze(args, order: list[str] | None, figures) -> int:
-    from pathlib import Path
-
     # scipy, statsmodels with pandas load ~1M long-lived objects: collecting while they load is wasted work (~0.1 s),
     # and frozen afterwards they are left out of every later collection, the interpreter's exit included.
     gc.disable()
@@ -116,9 +102,7 @@ def analyze(args, order: list[str] | None, figures) -> int:
 
         result = analysis.run_sequential(Path(args.dir), args.alpha, args.test, order, args.looks, args.spending, on_look=on_look)
     else:
-        result = analysis.run_analysis(
-            Path(args.dir), args.alpha, args.test, order, figures, hypothesis=args.hypothesis, margin=args.margin
-        )
+        result = analysis.run_analysis(Path(args.dir), args.alpha, args.test, order, hypothesis=args.hypothesis, margin=args.margin)
     print(text_table(result))
     if args.abtest:
         sequential = status_sequential(result) if result.get("sequential") else None

@@ -105,7 +105,6 @@ def _env(spec: ABTestSpec, cfg: OperatorConfig) -> list[dict]:
         {"name": "ABTEST_IMAGE", "value": evaluator_image(spec, cfg)},
         {"name": "HOME", "value": "/tmp"},
         {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
-        {"name": "MPLCONFIGDIR", "value": "/tmp/.matplotlib"},
         {"name": "TORCHINDUCTOR_CACHE_DIR", "value": "/tmp/.inductor"},
     ]
 

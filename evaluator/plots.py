@@ -30,10 +30,6 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     return [round(i * step, 12) for i in range(first, math.floor(hi / step + 1e-9) + 1)]
 
 
-def _label(v: float) -> str:
-    return f"{v:g}"
-
-
 @dataclass
 class Axes:
     """A plot area of ``width`` x ``height`` px whose top-left corner is at (left, top), showing the data ranges
@@ -63,11 +59,11 @@ class Axes:
             if grid:
                 parts.append(f'<line x1="{self.left}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}" stroke="{GRID}"/>')
             parts.append(f'<line x1="{self.left - 4}" y1="{y:.1f}" x2="{self.left}" y2="{y:.1f}" stroke="{MUTED}"/>')
-            parts.append(f'<text x="{self.left - 4}" y="{y + 4:.1f}" text-anchor="end">{escape(_label(t))}</text>')
+            parts.append(f'<text x="{self.left - 4}" y="{y + 4:.1f}" text-anchor="end">{t:g}</text>')
         for t in xticks:
             x = self.x(t)
             parts.append(f'<line x1="{x:.1f}" y1="{bottom}" x2="{x:.1f}" y2="{bottom + 4}" stroke="{MUTED}"/>')
-            parts.append(f'<text x="{x:.1f}" y="{bottom + 16}" text-anchor="middle">{escape(_label(t))}</text>')
+            parts.append(f'<text x="{x:.1f}" y="{bottom + 16}" text-anchor="middle">{t:g}</text>')
         parts.append(f'<rect x="{self.left}" y="{self.top}" width="{self.width}" height="{self.height}" fill="none" stroke="{MUTED}"/>')
         parts.append(f'<text x="{self.left + self.width / 2}" y="{bottom + 32}" text-anchor="middle">{escape(xlabel)}</text>')
         cx, cy = self.left - 40, self.top + self.height / 2

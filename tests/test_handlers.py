@@ -23,7 +23,7 @@ from abtest_operator import handlers
 from abtest_operator.metrics import OperatorMetrics
 from abtest_operator.settings import OperatorConfig
 from abtest_operator.spec import load_manifest
-from abtest_operator.watched import Written
+from abtest_operator.watched import JobNews, Written
 from fake_kube import FakeCluster
 from helpers import ROOT
 
@@ -60,6 +60,7 @@ def memo(cluster) -> kopf.Memo:
         claims=set(),
         specs={},
         written=Written(),
+        job_news=JobNews(),
         locks=collections.defaultdict(threading.Lock),
     )
 
@@ -286,7 +287,7 @@ def test_leftover_jobs_of_a_failed_abtest_are_suspended_on_their_events(memo, cl
     cluster.get("ABTest", NS, abtest["metadata"]["name"])["status"] = {"phase": "Failed", "reason": "model resnet failed"}
     cluster.set_job_status("digits-resnet-vs-vit-vit", NS, {"active": 1})
     job = cluster.get("Job", NS, "digits-resnet-vs-vit-vit")
-    handlers.job_changed(body=kopf.Body(copy.deepcopy(job)), namespace=NS, memo=memo, **indexes(cluster))
+    handlers.job_changed(event={"type": "MODIFIED"}, body=kopf.Body(copy.deepcopy(job)), namespace=NS, memo=memo, **indexes(cluster))
     assert cluster.get("Job", NS, "digits-resnet-vs-vit-vit")["spec"]["suspend"] is True
     assert cluster.calls["create_namespaced_job"] == 2  # nothing re-created
 
@@ -357,12 +358,24 @@ def test_a_whole_lifecycle_costs_the_operator_few_requests(memo, cluster):
 
     def job_event(name: str, job_status: dict) -> None:
         cluster.set_job_status(name, NS, job_status)
-        handlers.job_changed(body=kopf.Body(copy.deepcopy(cluster.get("Job", NS, name))), namespace=NS, memo=memo, **indexes(cluster))
+        handlers.job_changed(
+            event={"type": "MODIFIED"},
+            body=kopf.Body(copy.deepcopy(cluster.get("Job", NS, name))),
+            namespace=NS,
+            memo=memo,
+            **indexes(cluster),
+        )
 
     models = ("digits-resnet-vs-vit-resnet", "digits-resnet-vs-vit-vit")
     for name in models + ("digits-resnet-vs-vit-analysis",):
         if name.endswith("analysis"):
-            handlers.job_changed(body=kopf.Body(copy.deepcopy(cluster.get("Job", NS, name))), namespace=NS, memo=memo, **indexes(cluster))
+            handlers.job_changed(
+                event={"type": "MODIFIED"},
+                body=kopf.Body(copy.deepcopy(cluster.get("Job", NS, name))),
+                namespace=NS,
+                memo=memo,
+                **indexes(cluster),
+            )
         job_event(name, {"active": 1, "startTime": "2026-11-27T12:01:00Z"})
         job_event(name, {"active": 1, "ready": 1, "startTime": "2026-11-27T12:01:00Z"})
         job_event(
@@ -405,13 +418,13 @@ def test_the_echo_of_our_own_write_starts_no_pass(memo, cluster):
     handlers.abtest_changed(event={"type": "ADDED"}, body=kopf.Body(copy.deepcopy(abtest)), memo=memo, **indexes(cluster))
     passes = memo.metrics.reconciles.labels(NS)._value.get()
     job = cluster.get("Job", NS, "digits-resnet-vs-vit-vit")  # as the create answered: its ADDED event
-    handlers.job_changed(body=kopf.Body(copy.deepcopy(job)), namespace=NS, memo=memo, **indexes(cluster))
+    handlers.job_changed(event={"type": "ADDED"}, body=kopf.Body(copy.deepcopy(job)), namespace=NS, memo=memo, **indexes(cluster))
     stored = cluster.get("ABTest", NS, abtest["metadata"]["name"])  # our status write, coming back
     handlers.abtest_changed(event={"type": "MODIFIED"}, body=kopf.Body(copy.deepcopy(stored)), memo=memo, **indexes(cluster))
     assert memo.metrics.reconciles.labels(NS)._value.get() == passes
     cluster.set_job_status("digits-resnet-vs-vit-vit", NS, {"active": 1})  # the Job controller's write is news
     job = cluster.get("Job", NS, "digits-resnet-vs-vit-vit")
-    handlers.job_changed(body=kopf.Body(copy.deepcopy(job)), namespace=NS, memo=memo, **indexes(cluster))
+    handlers.job_changed(event={"type": "MODIFIED"}, body=kopf.Body(copy.deepcopy(job)), namespace=NS, memo=memo, **indexes(cluster))
     assert memo.metrics.reconciles.labels(NS)._value.get() == passes + 1
 
 
@@ -420,9 +433,9 @@ def test_a_job_deleted_after_its_creation_was_seen_is_created_again(memo, cluste
     abtest = apply_abtest(cluster)
     handlers.abtest_changed(event={"type": "ADDED"}, body=kopf.Body(copy.deepcopy(abtest)), memo=memo, **indexes(cluster))
     job = copy.deepcopy(cluster.get("Job", NS, "digits-resnet-vs-vit-vit"))
-    handlers.job_changed(body=kopf.Body(job), namespace=NS, memo=memo, **indexes(cluster))  # its ADDED event
+    handlers.job_changed(event={"type": "ADDED"}, body=kopf.Body(job), namespace=NS, memo=memo, **indexes(cluster))
     del cluster.objects[("Job", NS, "digits-resnet-vs-vit-vit")]
-    handlers.job_changed(body=kopf.Body(job), namespace=NS, memo=memo, **indexes(cluster))  # its DELETED event
+    handlers.job_changed(event={"type": "DELETED"}, body=kopf.Body(job), namespace=NS, memo=memo, **indexes(cluster))
     assert ("Job", NS, "digits-resnet-vs-vit-vit") in cluster.objects and cluster.calls["create_namespaced_job"] == 3
 
 
@@ -534,3 +547,34 @@ def test_own_writes_are_safe_to_read_while_other_threads_add_theirs():
     finally:
         sys.setswitchinterval(interval)
     assert not errors and len(written.jobs) == 20_000
+
+
+def test_a_job_event_that_changes_nothing_a_pass_reads_starts_no_pass(memo, cluster):
+    """A queued Job's events after its creation (the Job controller's Suspended condition) would each start a pass
+    that finds nothing new; a change in what a pass reads (admitted, a pod ready, finished) or a deletion starts one."""
+    abtest = apply_abtest(cluster, lambda m: m["spec"].update(queueName="team-queue"))
+    handlers.abtest_changed(event={"type": "ADDED"}, body=kopf.Body(copy.deepcopy(abtest)), memo=memo, **indexes(cluster))
+    name = "digits-resnet-vs-vit-vit"
+
+    def job_event(kind: str, job_status: dict | None = None, suspend: bool | None = None) -> float:
+        job = cluster.get("Job", NS, name)
+        if suspend is not None:
+            job["spec"]["suspend"] = suspend
+        cluster.set_job_status(name, NS, job["status"] if job_status is None else job_status)  # a write: a new version
+        handlers.job_changed(event={"type": kind}, body=kopf.Body(copy.deepcopy(job)), namespace=NS, memo=memo, **indexes(cluster))
+        return memo.metrics.reconciles.labels(NS)._value.get()
+
+    created = copy.deepcopy(cluster.get("Job", NS, name))  # its ADDED event: our own create, coming back
+    handlers.job_changed(event={"type": "ADDED"}, body=kopf.Body(created), namespace=NS, memo=memo, **indexes(cluster))
+    passes = memo.metrics.reconciles.labels(NS)._value.get()
+    suspended = {"conditions": [{"type": "Suspended", "status": "True", "lastTransitionTime": "2026-11-27T12:00:01Z"}]}
+    assert job_event("MODIFIED", suspended) == passes  # the Suspended condition: no pass
+    assert job_event("MODIFIED", suspend=False) == passes + 1  # admitted by the queue
+    assert job_event("MODIFIED", {"active": 1, "startTime": "2026-11-27T12:01:00Z"}) == passes + 2  # running
+    assert job_event("MODIFIED", {"active": 1, "startTime": "2026-11-27T12:01:00Z", "terminating": 0}) == passes + 2
+    assert job_event("MODIFIED", {"active": 1, "ready": 1, "startTime": "2026-11-27T12:01:00Z"}) == passes + 3  # ready
+    job = copy.deepcopy(cluster.get("Job", NS, name))
+    del cluster.objects[("Job", NS, name)]
+    handlers.job_changed(event={"type": "DELETED"}, body=kopf.Body(job), namespace=NS, memo=memo, **indexes(cluster))
+    assert memo.metrics.reconciles.labels(NS)._value.get() == passes + 4  # a deletion is always news: re-created
+    assert ("Job", NS, name) in cluster.objects and cluster.calls["create_namespaced_job"] == 3

@@ -26,7 +26,7 @@ from abtest_operator import manifests, policy, status, watched
 from abtest_operator.metrics import OperatorMetrics
 from abtest_operator.settings import OperatorConfig, config_from_env
 from abtest_operator.spec import ABTestSpec, parse_abtest
-from abtest_operator.watched import Observed, Written
+from abtest_operator.watched import JobNews, Observed, Written
 
 # A Job without a pod this long after its creation is asked why (its FailedCreate Events); the Job
 # controller creates pods within milliseconds, so earlier the question would be a wasted request.
@@ -83,6 +83,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     memo.claims = set()  # results claims known to exist
     memo.specs = {}  # parsed specs by ABTest, with the generation they were parsed at
     memo.written = Written()  # this operator's writes, until its watches deliver them
+    memo.job_news = JobNews()  # what each Job's last event showed a pass
     memo.locks = collections.defaultdict(threading.Lock)  # one pass at a time per ABTest
     settings.execution.max_workers = memo.config.max_workers
     settings.peering.lifetime = memo.config.peering_lifetime
@@ -376,7 +377,8 @@ def abtest_resync(body: kopf.Body, memo: kopf.Memo, **kwargs) -> None:
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_NAME: kopf.PRESENT})
-def job_changed(body: kopf.Body, namespace: str, memo: kopf.Memo, **kwargs) -> None:
+def job_changed(event: dict, body: kopf.Body, namespace: str, memo: kopf.Memo, **kwargs) -> None:
+    news = memo.job_news.news(event["type"], body)  # recorded for every event, echoes included
     seen = _seen(memo, kwargs)
     uid = watched.owner_uid(body)
     abtest = seen.abtest(namespace, uid) if uid else None
@@ -387,5 +389,5 @@ def job_changed(body: kopf.Body, namespace: str, memo: kopf.Memo, **kwargs) -> N
         if not job["spec"].get("suspend") and status.job_state(job).phase in ("Pending", "Running"):
             suspend_job(memo.clients, namespace, job["metadata"]["name"])
         return
-    if not status.is_terminal(abtest.get("status")) and not memo.written.echoes(body):
+    if not memo.written.echoes(body) and news:  # (the echo check first: it retires our own write's entry)
         _guarded(memo, abtest, seen)

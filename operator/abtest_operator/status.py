@@ -91,6 +91,11 @@ def all_ready(job: dict) -> bool:
     return (st.get("ready") or 0) >= (st.get("active") or 1)
 
 
+def job_facts(job: dict) -> tuple[JobState, bool, bool]:
+    """All a pass reads of one Job: its state, whether it is suspended and whether its pods are all ready."""
+    return job_state(job), bool(job["spec"].get("suspend")), all_ready(job)
+
+
 def frozen_image(spec: ABTestSpec, model_jobs: dict[str, JobState], previous: dict, default_image: str) -> str:
     """The one evaluator image of this ABTest: what its first Job runs, once one exists (parity survives an operator
     upgrade mid-test), else what status recorded, else spec.image or the operator's image."""

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from abtest_api.constants import KIND, LABEL_NAME
+from abtest_operator.status import job_facts
 
 
 def owner_uid(obj: Mapping) -> str | None:
@@ -169,3 +170,24 @@ class Observed:
 
     def abtest(self, namespace: str, uid: str) -> dict | None:
         return self.written.abtest_over(namespace, uid, next(iter(self.abtests.get((namespace, uid), ())), None))
+
+
+class JobNews:
+    """Which Job events a pass would learn from: a deletion, or a change in what a pass reads of the Job
+    (``status.job_facts``). The rest — the Job controller adding a Suspended condition to a queued Job, counting
+    terminating pods, kopf's own annotations — would start passes that find nothing new: two per ABTest while its
+    Jobs wait in a queue. Kept per Job UID (a Job re-created under its name is a new one) until it is deleted."""
+
+    def __init__(self):
+        self.facts: dict[tuple[str, str], tuple] = {}
+
+    def news(self, event_type: str | None, job: Mapping) -> bool:
+        """Whether this event changes what a pass would read; records what it shows either way."""
+        meta = job["metadata"]
+        key = (meta["namespace"], meta["uid"])
+        if event_type == "DELETED":
+            self.facts.pop(key, None)
+            return True
+        facts, before = job_facts(job), self.facts.get(key)
+        self.facts[key] = facts
+        return facts != before

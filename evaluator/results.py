@@ -205,11 +205,6 @@ def model_name(model_dir: Path, metrics: dict) -> str:
     return metrics.get("model") or model_dir.name
 
 
-def metrics_by_model(dirs: list[Path]) -> dict[str, dict]:
-    """Each folder's metrics under its model's name: what the report's figures are drawn from."""
-    return {model_name(d, metrics): metrics for d, metrics in ((d, read_metrics(d)) for d in dirs)}
-
-
 def load_model(model_dir: Path) -> ModelData:
     metrics = read_metrics(model_dir)
     expected = metrics.get("predictions_sha256") or {}

@@ -86,19 +86,18 @@ def svg(width: float, height: float, body: str, label: str) -> str:
     )
 
 
-def legend(entries: list[tuple[str, str]], x: float, y: float, *, dashed: tuple[str, ...] = ()) -> str:
-    """One row per (label, color) from (x, y) down; labels in ``dashed`` get a dashed swatch."""
+def with_legend(ax: Axes, body: str, entries: list[tuple[str, str]], label: str, *, dashed: tuple[str, ...] = ()) -> str:
+    """The figure: ``body`` drawn on ``ax`` and a legend to its right, one row per (label, color); labels in
+    ``dashed`` get a dashed swatch. Its width allows 6.5 px per character (no text metrics without a renderer)."""
+    x, y = ax.left + ax.width + 16, ax.top + 8
     rows = []
-    for i, (label, color) in enumerate(entries):
+    for i, (text, color) in enumerate(entries):
         ry = y + 16 * i
-        dash = ' stroke-dasharray="4 3"' if label in dashed else ""
+        dash = ' stroke-dasharray="4 3"' if text in dashed else ""
         rows.append(f'<line x1="{x}" y1="{ry}" x2="{x + 18}" y2="{ry}" stroke="{color}" stroke-width="3"{dash}/>')
-        rows.append(f'<text x="{x + 24}" y="{ry + 4}">{escape(label)}</text>')
-    return "".join(rows)
-
-
-def legend_width(labels) -> float:
-    return 40 + 6.5 * max((len(s) for s in labels), default=0)
+        rows.append(f'<text x="{x + 24}" y="{ry + 4}">{escape(text)}</text>')
+    width = x + 40 + 6.5 * max((len(text) for text, _ in entries), default=0)
+    return svg(width, ax.top + ax.height + 44, body + "".join(rows), label)
 
 
 def heatmap_png(share: np.ndarray, size: int) -> str:
@@ -160,8 +159,7 @@ def per_class_accuracy(metrics: dict[str, dict]) -> str:
                 )
     xticks = list(range(k)) if k <= 30 else nice_ticks(0, k - 1)
     body = ax.frame("class", "accuracy", xticks, [0, 0.2, 0.4, 0.6, 0.8, 1.0]) + "".join(bars)
-    body += legend([(n, COLORS[i % len(COLORS)]) for i, n in enumerate(names)], ax.left + ax.width + 16, ax.top + 8)
-    return svg(ax.left + ax.width + 16 + legend_width(names), ax.top + ax.height + 44, body, "per-class accuracy")
+    return with_legend(ax, body, [(n, COLORS[i % len(COLORS)]) for i, n in enumerate(names)], "per-class accuracy")
 
 
 def batch_latency(metrics: dict[str, dict]) -> str:
@@ -199,8 +197,7 @@ def reliability(metrics: dict[str, dict]) -> str:
         if pts:
             body += ax.line(*zip(*pts), color)
             entries.append((f"{name} (ECE {m['ece']:.3f})", color))
-    body += legend(entries, ax.left + ax.width + 16, ax.top + 8, dashed=("perfect calibration",))
-    return svg(ax.left + ax.width + 16 + legend_width(e[0] for e in entries), ax.top + ax.height + 44, body, "reliability diagram")
+    return with_legend(ax, body, entries, "reliability diagram", dashed=("perfect calibration",))
 
 
 def metric_figures(metrics: dict[str, dict]) -> dict[str, str]:
@@ -230,5 +227,4 @@ def sequential_paths(seq: dict) -> str:
         color = COLORS[i % len(COLORS)]
         body += ax.line(at, [h["z"][pair] for h in seq["history"]], color)
         entries.append((pair.replace("|", " vs "), color))
-    body += legend(entries, ax.left + ax.width + 16, ax.top + 8, dashed=("boundary",))
-    return svg(ax.left + ax.width + 16 + legend_width(e[0] for e in entries), ax.top + ax.height + 44, body, "sequential design")
+    return with_legend(ax, body, entries, "sequential design", dashed=("boundary",))

@@ -7,11 +7,16 @@ creates, what status it writes, which Events it posts, how it fails.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import copy
 import dataclasses
+import logging
 import sys
 import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import kopf
@@ -62,6 +67,9 @@ def memo(cluster) -> kopf.Memo:
         written=Written(),
         job_news=JobNews(),
         locks=collections.defaultdict(threading.Lock),
+        clock=time.monotonic,
+        last_pass={},
+        resync_pool=ThreadPoolExecutor(max_workers=1),
     )
 
 
@@ -578,3 +586,96 @@ def test_a_job_event_that_changes_nothing_a_pass_reads_starts_no_pass(memo, clus
     handlers.job_changed(event={"type": "DELETED"}, body=kopf.Body(job), namespace=NS, memo=memo, **indexes(cluster))
     assert memo.metrics.reconciles.labels(NS)._value.get() == passes + 4  # a deletion is always news: re-created
     assert ("Job", NS, name) in cluster.objects and cluster.calls["create_namespaced_job"] == 3
+
+
+YIELD = asyncio.sleep  # the real one, for the virtual clock's sleep to hand the loop on
+
+
+class VirtualTime:
+    """memo.clock and asyncio.sleep for the resync coroutine: a sleep moves the clock on at once, running on the way
+    the passes that ABTest or Job events start at their times."""
+
+    def __init__(self, events: dict[float, object], until: float, on_end):
+        self.now, self.until, self.on_end = 0.0, until, on_end
+        self.events = sorted(events.items())
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        end = self.now + seconds
+        while self.events and self.events[0][0] <= end:
+            self.now, event = self.events.pop(0)
+            event()
+        self.now = end
+        if end >= self.until:
+            self.on_end()  # the ABTest finishes: the coroutine must end
+        await YIELD(0)
+
+
+class LiveIndex(Mapping):
+    """A kopf index as a handler holds it: one object whose contents follow the cluster."""
+
+    def __init__(self, cluster: FakeCluster, part: str):
+        self.cluster, self.part = cluster, part
+
+    def _now(self) -> Mapping:
+        return getattr(self.cluster.seen(), self.part)
+
+    def __getitem__(self, key):
+        return self._now()[key]
+
+    def __iter__(self):
+        return iter(self._now())
+
+    def __len__(self) -> int:
+        return len(self._now())
+
+
+def resync_passes(memo, cluster, monkeypatch, *, until: float, events=(), finished=False) -> list[float]:
+    """Runs one ABTest's resync coroutine in virtual time until ``until`` seconds, with event passes at the times in
+    ``events``; returns when each pass (event or resync) started."""
+    abtest = apply_abtest(cluster)
+    live = copy.deepcopy(abtest)  # the body kopf keeps up to date for a daemon
+    if finished:
+        live["status"] = {"phase": "Succeeded"}
+
+    def event_pass() -> None:
+        handlers._guarded(memo, copy.deepcopy(cluster.get("ABTest", NS, abtest["metadata"]["name"])), cluster.seen())
+
+    clock = VirtualTime(dict.fromkeys(events, event_pass), until, on_end=lambda: live.update(status={"phase": "Succeeded"}))
+    monkeypatch.setattr(handlers.asyncio, "sleep", clock.sleep)
+    memo.clock = clock.clock
+    started, reconcile_once = [], handlers.reconcile
+    monkeypatch.setattr(handlers, "reconcile", lambda *a, **kw: started.append(clock.now) or reconcile_once(*a, **kw))
+    indexes = {
+        name: LiveIndex(cluster, part) for name, part in (("abtest_jobs", "jobs"), ("abtest_pods", "pods"), ("abtests_by_uid", "abtests"))
+    }
+    coroutine = handlers.abtest_resync(body=kopf.Body(live), memo=memo, logger=logging.getLogger("abtest.test"), **indexes)
+    asyncio.run(asyncio.wait_for(coroutine, timeout=30))  # ends by itself once the ABTest is finished
+    return started
+
+
+def test_the_resync_gives_a_quiet_abtest_a_pass_every_interval_and_ends_with_it(memo, cluster, monkeypatch):
+    assert memo.config.resync_seconds == 15
+    assert resync_passes(memo, cluster, monkeypatch, until=50) == [15, 30, 45]
+    assert len(cluster.of_kind("Job")) == 2
+
+
+def test_a_pass_from_an_event_postpones_the_resync(memo, cluster, monkeypatch):
+    assert resync_passes(memo, cluster, monkeypatch, until=50, events=[20]) == [15, 20, 35]
+
+
+def test_a_failed_pass_is_retried_by_the_next_resync_with_a_warning(memo, cluster, monkeypatch, caplog):
+    cluster.fail_next["create_namespaced_job"] = ApiException(status=503, reason="Service Unavailable")
+    with caplog.at_level(logging.WARNING, logger="abtest.test"):
+        assert resync_passes(memo, cluster, monkeypatch, until=40) == [15, 30]
+    assert memo.metrics.reconcile_errors.labels(NS)._value.get() == 1 and len(cluster.of_kind("Job")) == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "resync pass failed, retried in 15 s: ApiException: (503)\nReason: Service Unavailable\n"
+    ]
+
+
+def test_a_finished_abtest_has_no_resync(memo, cluster, monkeypatch):
+    assert resync_passes(memo, cluster, monkeypatch, until=50, finished=True) == []
+    assert not cluster.of_kind("Job")

@@ -430,7 +430,7 @@ def test_a_stall_is_a_condition_at_once_and_a_failure_after_the_timeout():
 
 
 def test_status_patches_are_conditional_on_the_version_the_pass_read():
-    """Concurrent passes (Job events, the resync timer): an older pass must not overwrite a newer verdict."""
+    """Concurrent passes (Job events, the resync): an older pass must not overwrite a newer verdict."""
     from types import SimpleNamespace
 
     from kubernetes.client.exceptions import ApiException

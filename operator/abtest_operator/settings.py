@@ -22,6 +22,7 @@ class OperatorConfig:
     pushgateway: str | None = None
     max_workers: int = 8  # concurrent kopf handler threads
     peering_lifetime: int = 60  # seconds a silent replica stays the active one before another takes over
+    resync_seconds: float = 15.0  # an unfinished ABTest without a pass this long gets one (stalls have no events)
 
 
 def config_from_env(environ=os.environ) -> OperatorConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import copy
 import dataclasses
 import logging
@@ -35,15 +36,21 @@ from helpers import ROOT
 NS = "team-a"
 
 
+# kopf's Event poster is found through context variables of the operator's event loop; a pass run in a thread
+# without a copy of that context cannot post (LookupError), so the fake poster needs one too.
+POSTER = contextvars.ContextVar("poster")
+
+
 class RecordedEvents:
     def __init__(self):
         self.posted: list[tuple[str, str, str]] = []
+        POSTER.set(self.posted)
 
     def info(self, body, *, reason, message):
-        self.posted.append(("Normal", reason, message))
+        POSTER.get().append(("Normal", reason, message))
 
     def warn(self, body, *, reason, message):
-        self.posted.append(("Warning", reason, message))
+        POSTER.get().append(("Warning", reason, message))
 
     def reasons(self) -> list[str]:
         return [reason for _, reason, _ in self.posted]
@@ -659,7 +666,7 @@ def resync_passes(memo, cluster, monkeypatch, *, until: float, events=(), finish
 def test_the_resync_gives_a_quiet_abtest_a_pass_every_interval_and_ends_with_it(memo, cluster, monkeypatch):
     assert memo.config.resync_seconds == 15
     assert resync_passes(memo, cluster, monkeypatch, until=50) == [15, 30, 45]
-    assert len(cluster.of_kind("Job")) == 2
+    assert len(cluster.of_kind("Job")) == 2 and memo.events.reasons() == ["JobsCreated"]  # posted from a resync thread
 
 
 def test_a_pass_from_an_event_postpones_the_resync(memo, cluster, monkeypatch):

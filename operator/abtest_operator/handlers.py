@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import copy
 import functools
 import json
@@ -397,8 +398,10 @@ async def abtest_resync(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger
             await asyncio.sleep(wait)
             continue
         tried = memo.clock()
+        # In kopf's context (as its own handler threads run): kopf.info/warn post through its context variables.
+        in_context = functools.partial(contextvars.copy_context().run, _guarded, memo, dict(body), _seen(memo, kwargs))
         try:
-            await loop.run_in_executor(memo.resync_pool, functools.partial(_guarded, memo, dict(body), _seen(memo, kwargs)))
+            await loop.run_in_executor(memo.resync_pool, in_context)
         except Exception as err:  # counted by _guarded; the next resync tries again
             logger.warning(f"resync pass failed, retried in {interval:g} s: {type(err).__name__}: {err}")
 

@@ -95,10 +95,12 @@ class FakeCluster:
 class _Api:
     """The subset of BatchV1Api / CoreV1Api / RbacAuthorizationV1Api / CustomObjectsApi the operator calls."""
 
-    api_client = _api_client
-
     def __init__(self, cluster: FakeCluster, group: str):
         self._c, self._group = cluster, group
+
+    @property
+    def api_client(self) -> _HttpApi:
+        return _HttpApi(self)
 
     def __getattr__(self, method: str):
         handler = getattr(self, f"_{method}", None)
@@ -168,3 +170,34 @@ class _Api:
         abtest["status"] = {**(abtest.get("status") or {}), **body["status"]}
         abtest["metadata"]["resourceVersion"] = str(next(_versions))
         return copy.deepcopy(abtest)
+
+
+class _HttpApi:
+    """The generated ApiClient's two HTTP-level calls, as ``abtest_operator.clients.post_json`` makes them: a POST to a
+    collection is answered by the fake's method for it (counted under that name, failing as ``fail_next`` says), and
+    its errors come back as HTTP answers with their status, as the API server sends them."""
+
+    METHODS = {"jobs": "create_namespaced_job"}
+
+    def __init__(self, api: _Api):
+        self._api = api
+
+    def param_serialize(self, method, resource_path, path_params=None, header_params=None, body=None, auth_settings=None):
+        return method, resource_path.format(**(path_params or {})), header_params, body, None
+
+    def call_api(self, method, url, header_params=None, body=None, post_params=None):
+        assert method == "POST" and header_params["Content-Type"] == "application/json", (method, header_params)
+        namespace, collection = url.split("/")[-2:]
+        try:
+            data = getattr(self._api, self.METHODS[collection])(namespace, body, _preload_content=False).data
+            return _HttpAnswer(201, "Created", data)
+        except ApiException as err:
+            return _HttpAnswer(err.status, err.reason, json.dumps({"kind": "Status", "code": err.status, "reason": err.reason}).encode())
+
+
+class _HttpAnswer(SimpleNamespace):
+    def __init__(self, status: int, reason: str, data: bytes):
+        super().__init__(status=status, reason=reason, data=data, headers={})
+
+    def read(self) -> bytes:
+        return self.data

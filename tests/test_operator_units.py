@@ -337,14 +337,14 @@ def test_already_exists_counts_as_created_only_for_our_own_objects():
     def exists(namespace, body, **_):
         raise ApiException(status=409, reason="AlreadyExists")
 
-    def created(namespace, body, _preload_content=True):  # the raw HTTP answer: its JSON in .data
-        return SimpleNamespace(data=json.dumps(body).encode())
+    def created(namespace, body):  # the API server's answer, as a dict
+        return json.loads(json.dumps(body))
 
     def read_owned_by(uid):
         return lambda name, namespace: SimpleNamespace(metadata=SimpleNamespace(owner_references=[SimpleNamespace(uid=uid)]))
 
     job = {"kind": "Job", "metadata": {"name": "a-b-c", "ownerReferences": [{"uid": "mine"}]}}
-    assert create_if_missing(created, "ns", job, read_owned_by("mine")) == job  # the API server's answer, as a dict
+    assert create_if_missing(created, "ns", job, read_owned_by("mine")) == job
     assert create_if_missing(exists, "ns", job, read_owned_by("mine")) is None
     with pytest.raises(NameConflict, match="Job ns/a-b-c already exists and belongs to something else"):
         create_if_missing(exists, "ns", job, read_owned_by("theirs"))

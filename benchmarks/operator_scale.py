@@ -166,17 +166,22 @@ def wait_for_watches(audit: Audit, user: str, timeout: float) -> None:
         raise SystemExit(f"the operator did not watch {', '.join(sorted(missing))} within {timeout:.0f} s")
 
 
-def reconcile_passes(operator, namespace: str) -> float:
-    """The operator's reconcile passes over the ABTests of a namespace so far (its own /metrics, by the pod's IP)."""
+def operator_metric(operator, prefix: str) -> float:
+    """The sum of the operator's own metric lines that start with ``prefix`` (its /metrics, by the pod's IP)."""
     port = 8080  # the chart's operator.metricsPort
     with urllib.request.urlopen(f"http://{operator.pod()['status']['podIP']}:{port}/metrics", timeout=10) as answer:
         lines = answer.read().decode().splitlines()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(f'abtest_reconciles_total{{namespace="{namespace}"}}'))
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix))
+
+
+def full_collections(operator) -> tuple[float, float]:
+    """How many full (generation 2) garbage collections the operator has made so far, and their seconds in all."""
+    return tuple(operator_metric(operator, f'abtest_operator_gc_pause_seconds_{k}{{generation="2"}}') for k in ("count", "sum"))
 
 
 def scale(cp: ControlPlane, audit: Audit, user: str, namespace: str, n: int, timeout: float, pids: dict[str, int], operator) -> list[float]:
     audit.read()
-    cpu_before = cpu_seconds(pids)
+    cpu_before, gc_before = cpu_seconds(pids), full_collections(operator)
     names = [f"q{n}-{i:04d}" for i in range(n)]
     cp.kubectl("create", "-f", "-", input="\n---\n".join(json.dumps(abtest(name, namespace, queue="bench")) for name in names))
     stored, job_times, picked, ops = {}, {}, {}, []
@@ -194,7 +199,8 @@ def scale(cp: ControlPlane, audit: Audit, user: str, namespace: str, n: int, tim
                     job_times.setdefault(ref["name"][:-2], []).append(to_epoch(e["stageTimestamp"]))
                     received = to_epoch(e["requestReceivedTimestamp"])
                     picked[ref["name"][:-2]] = min(picked.get(ref["name"][:-2], received), received)
-    passes = reconcile_passes(operator, namespace)  # before the first resync of the last ABTests (15 s)
+    passes = operator_metric(operator, f'abtest_reconciles_total{{namespace="{namespace}"}}')  # before the last ABTests' first resync
+    collections, paused = (now - before for now, before in zip(full_collections(operator), gc_before, strict=True))
     time.sleep(20)  # anything the operator still does about them
     ops += [e for e in audit.read() if e["user"]["username"] == user]
     latency = sorted(max(job_times[name]) - stored[name] for name in names if len(job_times.get(name, ())) == 2 and name in stored)
@@ -215,6 +221,7 @@ def scale(cp: ControlPlane, audit: Audit, user: str, namespace: str, n: int, tim
         )
     used = {k: v - cpu_before[k] for k, v in cpu_seconds(pids).items()}
     print("     CPU seconds spent meanwhile (2 cores): " + ", ".join(f"{k} {v:.1f}" for k, v in used.items()))
+    print(f"     the operator's full garbage collections meanwhile: {collections:.0f}, {paused:.2f} s in all")
     return latency
 
 

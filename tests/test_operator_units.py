@@ -546,3 +546,21 @@ def test_the_image_is_frozen_by_the_first_job():
         default_image="new:v2",
     )
     assert fresh["image"] == "new:v2"
+
+
+def test_the_operator_times_its_garbage_collections_by_generation():
+    import gc
+
+    from abtest_operator.metrics import OperatorMetrics
+
+    metrics = OperatorMetrics()
+    ticks = iter([10.0, 10.25])
+    stop = metrics.time_gc(clock=lambda: next(ticks))
+    try:
+        gc.collect()
+    finally:
+        stop()
+    count = metrics.registry.get_sample_value("abtest_operator_gc_pause_seconds_count", {"generation": "2"})
+    assert count == 1 and metrics.registry.get_sample_value("abtest_operator_gc_pause_seconds_sum", {"generation": "2"}) == 0.25
+    gc.collect()  # no longer timed
+    assert metrics.registry.get_sample_value("abtest_operator_gc_pause_seconds_count", {"generation": "2"}) == 1

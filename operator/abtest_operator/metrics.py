@@ -6,10 +6,12 @@ re-exports every finished test as soon as it has listed them.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
+import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Summary, start_http_server
 
 from abtest_api.constants import PENDING, PHASES
 from abtest_api.errors import UserError
@@ -59,10 +61,30 @@ class OperatorMetrics:
             "abtest_sequential_look", "The latest look analysed of a sequential ABTest.", ["abtest", "namespace"], registry=r
         )
         self.phase_info = Gauge("abtest_phase", "1 for the current phase of each ABTest.", ["abtest", "namespace", "phase"], registry=r)
+        self.gc_pauses = Summary(
+            "abtest_operator_gc_pause_seconds",
+            "Python's cyclic garbage collections in the operator, by generation: every thread stands still meanwhile.",
+            ["generation"],
+            registry=r,
+        )
         self._phases: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
         for phase in PHASES:
             self.by_phase.labels(phase).set(0)
+
+    def time_gc(self, clock=time.perf_counter):
+        """Times each garbage collection of this process (gc.callbacks run in the collecting thread, holding the GIL);
+        returns the function that stops timing them."""
+        started = [0.0]
+
+        def on_gc(phase: str, info: dict) -> None:
+            if phase == "start":
+                started[0] = clock()
+            else:
+                self.gc_pauses.labels(str(info["generation"])).observe(clock() - started[0])
+
+        gc.callbacks.append(on_gc)
+        return lambda: gc.callbacks.remove(on_gc)
 
     def observe(self, namespace: str, name: str, status: dict) -> None:
         key = (namespace, name)

@@ -174,14 +174,15 @@ def operator_metric(operator, prefix: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix))
 
 
-def full_collections(operator) -> tuple[float, float]:
-    """How many full (generation 2) garbage collections the operator has made so far, and their seconds in all."""
-    return tuple(operator_metric(operator, f'abtest_operator_gc_pause_seconds_{k}{{generation="2"}}') for k in ("count", "sum"))
+def garbage_collections(operator) -> list[tuple[float, float]]:
+    """How many garbage collections of each generation (0, 1, 2) the operator has made so far, and their seconds."""
+    name = "abtest_operator_gc_pause_seconds"
+    return [tuple(operator_metric(operator, f'{name}_{k}{{generation="{g}"}}') for k in ("count", "sum")) for g in range(3)]
 
 
 def scale(cp: ControlPlane, audit: Audit, user: str, namespace: str, n: int, timeout: float, pids: dict[str, int], operator) -> list[float]:
     audit.read()
-    cpu_before, gc_before = cpu_seconds(pids), full_collections(operator)
+    cpu_before, gc_before = cpu_seconds(pids), garbage_collections(operator)
     names = [f"q{n}-{i:04d}" for i in range(n)]
     cp.kubectl("create", "-f", "-", input="\n---\n".join(json.dumps(abtest(name, namespace, queue="bench")) for name in names))
     stored, job_times, picked, ops = {}, {}, {}, []
@@ -200,7 +201,7 @@ def scale(cp: ControlPlane, audit: Audit, user: str, namespace: str, n: int, tim
                     received = to_epoch(e["requestReceivedTimestamp"])
                     picked[ref["name"][:-2]] = min(picked.get(ref["name"][:-2], received), received)
     passes = operator_metric(operator, f'abtest_reconciles_total{{namespace="{namespace}"}}')  # before the last ABTests' first resync
-    collections, paused = (now - before for now, before in zip(full_collections(operator), gc_before, strict=True))
+    gc_during = [(n - n0, t - t0) for (n, t), (n0, t0) in zip(garbage_collections(operator), gc_before, strict=True)]
     time.sleep(20)  # anything the operator still does about them
     ops += [e for e in audit.read() if e["user"]["username"] == user]
     latency = sorted(max(job_times[name]) - stored[name] for name in names if len(job_times.get(name, ())) == 2 and name in stored)
@@ -221,7 +222,10 @@ def scale(cp: ControlPlane, audit: Audit, user: str, namespace: str, n: int, tim
         )
     used = {k: v - cpu_before[k] for k, v in cpu_seconds(pids).items()}
     print("     CPU seconds spent meanwhile (2 cores): " + ", ".join(f"{k} {v:.1f}" for k, v in used.items()))
-    print(f"     the operator's full garbage collections meanwhile: {collections:.0f}, {paused:.2f} s in all")
+    print(
+        "     the operator's garbage collections meanwhile (generation: count, seconds in all): "
+        + ", ".join(f"{g}: {n:.0f}, {t:.2f} s" for g, (n, t) in enumerate(gc_during))
+    )
     return latency
 
 

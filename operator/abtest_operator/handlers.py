@@ -322,7 +322,7 @@ def _guarded(memo: kopf.Memo, abtest: dict, seen: Observed) -> None:
     with memo.locks[key]:
         memo.last_pass[key] = memo.clock()
         try:
-            reconcile(memo, copy.deepcopy(watched.newer(abtest, seen.abtest(meta["namespace"], meta["uid"]))), seen)
+            reconcile(memo, copy.deepcopy(watched.newer(abtest, seen.abtest(*key))), seen)
         except kopf.PermanentError:
             pass  # already marked Failed with its reason
         except Exception:
@@ -357,11 +357,11 @@ def abtest_changed(event: dict, body: kopf.Body, memo: kopf.Memo, **kwargs) -> N
     no state for event handlers, so it writes no annotations on the ABTests."""
     meta = body["metadata"]
     if event["type"] == "DELETED":
+        key = (meta["namespace"], meta["uid"])
         memo.metrics.forget(meta["namespace"], meta["name"])
-        memo.written.forget(meta["namespace"], meta["uid"])
-        memo.locks.pop((meta["namespace"], meta["uid"]), None)
-        memo.specs.pop((meta["namespace"], meta["uid"]), None)
-        memo.last_pass.pop((meta["namespace"], meta["uid"]), None)
+        memo.written.forget(*key)
+        for per_abtest in (memo.locks, memo.specs, memo.last_pass):
+            per_abtest.pop(key, None)
     elif event["type"] is None or not (status.is_terminal(body.get("status")) or memo.written.echoes(body)):
         _guarded(memo, dict(body), _seen(memo, kwargs))  # (at startup, terminal ones too: their metrics)
 

@@ -75,13 +75,14 @@ class OperatorMetrics:
     def time_gc(self, clock=time.perf_counter):
         """Times each garbage collection of this process (gc.callbacks run in the collecting thread, holding the GIL);
         returns the function that stops timing them."""
-        started = [0.0]
+        started = 0.0
 
         def on_gc(phase: str, info: dict) -> None:
+            nonlocal started
             if phase == "start":
-                started[0] = clock()
+                started = clock()
             else:
-                self.gc_pauses.labels(str(info["generation"])).observe(clock() - started[0])
+                self.gc_pauses.labels(str(info["generation"])).observe(clock() - started)
 
         gc.callbacks.append(on_gc)
         return lambda: gc.callbacks.remove(on_gc)

@@ -47,7 +47,7 @@ def synthesize(root: Path, n: int) -> None:
         )
         folder = root / name
         folder.mkdir(parents=True)
-        results.atomic_write_parquet(folder / results.PREDICTIONS, table)
+        results.write_parquet(folder / results.PREDICTIONS, table)
         batches = rng.normal(10, 1, n // 256).round(3)
         metrics = {
             "model": name,

@@ -15,6 +15,7 @@ PREDICTIONS, METRICS = "predictions.parquet", "metrics.json"
 RESULT, REPORT = "result.json", "report.html"
 
 USER_ERROR_EXIT = 2  # `abtest` exits 2 on bad input: retrying cannot help
+WRITE_FAILURE_EXIT = 3  # and 3 when its output cannot be written (volume full, read-only, not writable): neither can it
 
 # What the analysis decides (spec.analysis.hypothesis, abtest analyze --hypothesis): design.md §5.
 SUPERIORITY, NONINFERIORITY, EQUIVALENCE = "superiority", "noninferiority", "equivalence"

@@ -34,6 +34,13 @@ class EvalConfig:
     )
     split: str = option("test", help="test (default) or train", spec="spec:dataset.split")
     limit: int | None = option(None, help="evaluate only the first N samples", spec="spec:dataset.limit")
+    on_unreadable: str = option(
+        "fail",
+        help="a sample that cannot be decoded: fail (exit 2 naming it) or skip it (every sample is decoded once before the "
+        "model loads; the skipped ids go into metrics.json and the fingerprint, so every model skips the same)",
+        spec="spec:dataset.onUnreadable",
+        choices=("fail", "skip"),
+    )
     checkpoint: str | None = option(None, help="state dict file (.pth or .safetensors)", spec="model:checkpoint", group="weights")
     pretrained: bool = option(False, help="hub weights (needs network access)", spec="model:pretrained", group="weights")
     num_classes: int | None = option(None, help="classifier outputs (default: the dataset's class count)", spec="model:numClasses")

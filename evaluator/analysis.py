@@ -44,6 +44,13 @@ def collect_warnings(models: list[ModelData]) -> list[str]:
             + ", ".join(f"{n}: {d.get('name')}" for n, d in devices.items())
             + "); efficiency figures are not comparable"
         )
+    kernels = {n: d.get("kernels") for n, d in devices.items() if d.get("type") == "cpu" and d.get("kernels")}
+    if len({tuple(sorted(k.items())) for k in kernels.values()}) > 1:
+        warnings.append(
+            "models ran with different CPU kernels ("
+            + ", ".join(f"{n}: {k['cpu_capability']} {'portable' if k.get('portable') else 'native'}" for n, k in kernels.items())
+            + "); each model's predictions stand, but a rerun on another CPU may differ; leave spec.nondeterministic off for the portable ones"
+        )
     images = {m.name: m.metrics.get("image") for m in models}
     if len(set(images.values())) > 1:
         warnings.append(
@@ -72,6 +79,7 @@ def model_summary(m: ModelData) -> dict:
     return {
         "accuracy": float(m.correct.mean()),
         "n": int(len(m.correct)),
+        "skipped": len((met.get("dataset") or {}).get("skipped") or []),  # unreadable samples left out of every model
         "correct": int(m.correct.sum()),
         "top5": met.get("top5"),
         "throughput": met.get("throughput"),
@@ -440,8 +448,9 @@ def design_total(models: list[ModelData], looks: int) -> int:
 
 def write_result(root: Path, result: dict, models: list[ModelData]) -> None:
     html = report.render(result, {m.name: m.metrics for m in models})
-    results.atomic_write_json(root / RESULT, result)
-    results.atomic_write_bytes(root / REPORT, html.encode())
+    with results.staged(root) as stage:  # the report and the verdict appear together, result.json last
+        results.write_bytes(stage(REPORT), html.encode())
+        results.write_json(stage(RESULT), result)
 
 
 def run_analysis(

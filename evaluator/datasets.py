@@ -19,6 +19,20 @@ from abtest_api.errors import UserError
 
 DATASETS = ("digits", "imagefolder", "cifar10", "cifar100", "torchvision")
 SPLITS = ("train", "test")
+ON_UNREADABLE = ("fail", "skip")
+# what a broken image file raises while it is opened or decoded (Pillow: OSError for truncated or unidentified data,
+# ValueError/SyntaxError for malformed headers; IsADirectoryError is an OSError)
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
+
+
+class UnreadableSample(UserError):
+    """A sample that cannot be decoded. Raised in a DataLoader worker, it reaches the main process rebuilt from the
+    worker's formatted traceback, whose last line is the original message: that line is kept."""
+
+    def __init__(self, message: str):
+        if "Original Traceback" in message:
+            message = message.rstrip().splitlines()[-1].split(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(message)
 
 
 @dataclass
@@ -31,6 +45,41 @@ class EvalDataset:
     num_classes: int
     load: Callable[[int], Image.Image]
     classes: list[str] | None = None
+    source: Callable[[int], str] | None = None  # where sample i is read from, for errors (a file, for imagefolder)
+
+    def decode(self, i: int, mode: str) -> Image.Image:
+        """Sample ``i`` fully decoded in ``mode``; UnreadableSample naming it when its data is broken."""
+        try:
+            image = self.load(i)
+            image.load()  # Pillow decodes lazily: a truncated file fails here, not at open
+            return image.convert(mode)
+        except DECODE_ERRORS as err:
+            where = self.source(i) if self.source else f"{self.name} sample {i}"
+            raise UnreadableSample(
+                f"sample {self.ids[i]} ({where}) cannot be decoded: {err}; replace or remove it, or set spec.dataset.onUnreadable: skip"
+            ) from None
+
+    def unreadable(self, mode: str) -> list[int]:
+        """Positions of the samples that cannot be decoded (every sample is decoded once)."""
+        bad = []
+        for i in range(len(self)):
+            try:
+                self.decode(i, mode)
+            except UnreadableSample:
+                bad.append(i)
+        return bad
+
+    def without(self, positions: list[int]) -> EvalDataset:
+        """The dataset without the samples at ``positions``, in the same order (the fingerprint changes with them)."""
+        if not positions:
+            return self
+        drop = set(positions)
+        keep = [i for i in range(len(self)) if i not in drop]
+        load, source = self.load, self.source
+        return EvalDataset(
+            self.name, [self.ids[i] for i in keep], self.labels[keep], self.num_classes, lambda j: load(keep[j]), self.classes,
+            (lambda j: source(keep[j])) if source else None,
+        )  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -40,13 +89,15 @@ class EvalDataset:
             return self
         if limit < 1:
             raise UserError(f"--limit must be at least 1, got {limit}")
-        return EvalDataset(self.name, self.ids[:limit], self.labels[:limit], self.num_classes, self.load, self.classes)
+        return EvalDataset(self.name, self.ids[:limit], self.labels[:limit], self.num_classes, self.load, self.classes, self.source)
 
     def part(self, start: int, end: int) -> EvalDataset:
         """Samples [start, end) of the order (one shard's), loaded by their positions in the whole."""
+        source = self.source
         return EvalDataset(
-            self.name, self.ids[start:end], self.labels[start:end], self.num_classes, lambda i: self.load(start + i), self.classes
-        )
+            self.name, self.ids[start:end], self.labels[start:end], self.num_classes, lambda i: self.load(start + i), self.classes,
+            (lambda i: source(start + i)) if source else None,
+        )  # fmt: skip
 
     def fingerprint(self) -> str:
         return fingerprint(self.ids, self.labels)
@@ -110,6 +161,7 @@ def load_imagefolder(path: str | None, split: str) -> EvalDataset:
         num_classes=len(classes),
         load=lambda i: Image.open(samples[i][0]),
         classes=classes,
+        source=lambda i: samples[i][0],
     )
 
 
@@ -137,6 +189,7 @@ def load_cifar(path: str | None, split: str, variant: str) -> EvalDataset:
             raise UserError(
                 f"cannot read {variant} batch {root / batch} ({err.__class__.__name__}); point --path at the extracted {folder} folder"
             ) from None
+        entry = cifar_entry(entry, root / batch, ("data", label_key))
         images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.extend(entry[label_key])
         ids.extend(f"{batch}/{i}" for i in range(len(entry[label_key])))
@@ -144,7 +197,7 @@ def load_cifar(path: str | None, split: str, variant: str) -> EvalDataset:
     classes = None
     if (root / meta).is_file():
         with open(root / meta, "rb") as fh:
-            classes = pickle.load(fh, encoding="latin1").get(names_key)
+            classes = cifar_entry(pickle.load(fh, encoding="latin1"), root / meta, ()).get(names_key)
     return EvalDataset(
         name=variant,
         ids=ids,
@@ -153,6 +206,21 @@ def load_cifar(path: str | None, split: str, variant: str) -> EvalDataset:
         load=lambda i: Image.fromarray(pixels[i]),
         classes=classes,
     )
+
+
+def cifar_entry(entry, path: Path, required: tuple[str, ...]) -> dict:
+    """A CIFAR pickle as a dict with str keys: the original batches have them, but batches re-pickled by Python 3 tools
+    (``pickle.load(f, encoding="bytes")`` written back) have bytes keys; both are accepted."""
+    if not isinstance(entry, dict):
+        raise UserError(f"{path} holds a {type(entry).__name__}, not a CIFAR batch (a dict with keys {', '.join(required)})")
+    entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+    missing = [k for k in required if k not in entry]
+    if missing:
+        raise UserError(
+            f"{path} is not a CIFAR batch: no {', '.join(repr(k) for k in missing)} key (it has {', '.join(map(repr, sorted(map(str, entry))))}); "
+            "expected the python-pickle batches of cifar-10-batches-py / cifar-100-python"
+        )
+    return entry
 
 
 def load_torchvision(path: str | None, split: str, class_name: str | None) -> EvalDataset:

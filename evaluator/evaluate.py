@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from abtest_api.constants import MAX_LOOKS, METRICS, PREDICTIONS, look_dir, look_sizes, shard_file, shard_range
 from abtest_api.errors import UserError
 from abtest_api.evaluate import EvalConfig
-from abtest_evaluator import datasets, loader, measurements, models, resolve, results
+from abtest_evaluator import datasets, kernels, loader, measurements, models, resolve, results
 from abtest_evaluator.runner import Runner, seed_everything, seed_worker
 from abtest_evaluator.telemetry import EvalTelemetry, GpuSampler
 
@@ -105,6 +105,7 @@ class Prepared:
     runner: Runner
     fingerprint: str  # of every sample in the shared order (a shard evaluates a part of it)
     shard: tuple[int, int, int, int] | None = None  # (index, count, first sample, samples in all) of a sharded run
+    skipped: tuple[str, ...] = ()  # ids of the unreadable samples left out (spec.dataset.onUnreadable: skip)
 
 
 @dataclass
@@ -145,6 +146,13 @@ def prepare(cfg: EvalConfig) -> Prepared:
     seed_everything(cfg.seed, device, deterministic=not cfg.nondeterministic)
 
     ds = datasets.load_dataset(cfg.dataset, cfg.split, cfg.path, cfg.limit, cfg.dataset_class)
+    mode = "L" if cfg.in_chans == 1 else "RGB"
+    skipped = ()
+    if cfg.on_unreadable == "skip":  # decided before the model loads, the same for every model: it is in the fingerprint
+        bad = ds.unreadable(mode)
+        skipped, ds = tuple(ds.ids[i] for i in bad), ds.without(bad)
+        if not len(ds):
+            raise UserError(f"every sample of {ds.name} at {cfg.path} is unreadable; check --path (spec.dataset.path)")
     fingerprint, shard = ds.fingerprint(), None
     if cfg.shard:
         index, count = resolve.parse_shard(cfg.shard)
@@ -169,7 +177,7 @@ def prepare(cfg: EvalConfig) -> Prepared:
     transform = loader.build_transform(data_cfg, cfg.preprocess)
     runner = Runner(loaded.module, device, amp_dtype, channels_last, cfg.compile, pad_to=cfg.batch_size)
     batches = DataLoader(
-        loader.TransformedDataset(ds, transform, "L" if cfg.in_chans == 1 else "RGB"),
+        loader.TransformedDataset(ds, transform, mode),
         batch_size=cfg.batch_size,
         shuffle=False,
         num_workers=workers,
@@ -182,7 +190,7 @@ def prepare(cfg: EvalConfig) -> Prepared:
     to_input = loader.ToModelInput(data_cfg, cfg.preprocess, runner.device, runner.memory_format)
     return Prepared(
         cfg, started, device, amp_dtype, channels_last, threads, workers, ds, num_classes, loaded, data_cfg,
-        loader.DeviceBatches(batches, runner.device, to_input), runner, fingerprint, shard,
+        loader.DeviceBatches(batches, runner.device, to_input), runner, fingerprint, shard, skipped=skipped,
     )  # fmt: skip
 
 
@@ -264,7 +272,15 @@ def build_metrics(prep: Prepared, loop: Loop, look: int | None = None) -> dict:
             "model": cfg.model_label,
             "architecture": cfg.model,
             "weights": prep.model.weights,
-            "dataset": {"name": ds.name, "split": cfg.split, "path": cfg.path, "limit": cfg.limit, "classes": ds.classes},
+            "dataset": {
+                "name": ds.name,
+                "split": cfg.split,
+                "path": cfg.path,
+                "limit": cfg.limit,
+                "classes": ds.classes,
+                "on_unreadable": cfg.on_unreadable,
+                "skipped": list(prep.skipped),
+            },  # fmt: skip
             "fingerprint": prep.fingerprint,
             "seed": cfg.seed,
             "batch_size": cfg.batch_size,
@@ -278,6 +294,7 @@ def build_metrics(prep: Prepared, loop: Loop, look: int | None = None) -> dict:
                 "channels_last": prep.channels_last,
                 "compile": cfg.compile,
                 "deterministic": not cfg.nondeterministic,
+                "kernels": kernels.settings(),  # what decides the CPU numerics: the analysis warns when models differ
                 "preprocess": cfg.preprocess,
                 "workers": prep.workers,
                 # the settings left unset, so chosen for this device (AMP and channels-last on for CUDA, off for CPU)
@@ -302,18 +319,18 @@ def build_metrics(prep: Prepared, loop: Loop, look: int | None = None) -> dict:
 
 
 def write(out: Path, metrics: dict, predictions: pa.Table, shard: tuple | None = None) -> None:
-    """predictions.parquet, then metrics.json with its checksum: metrics.json's presence means "complete" (a shard's
-    files carry its part in their names)."""
-    out.mkdir(parents=True, exist_ok=True)
+    """predictions.parquet and metrics.json (with the predictions' checksum), appearing together, metrics.json last:
+    its presence means "complete" (a shard's files carry its part in their names)."""
     names = (
         (PREDICTIONS, METRICS)
         if not shard
         else (shard_file("predictions", *shard[:2], ".parquet"), shard_file("metrics", *shard[:2], ".json"))
     )
-    path = out / names[0]
-    results.atomic_write_parquet(path, predictions)
-    metrics["predictions_sha256"] = {names[0]: results.sha256_file(path)}
-    results.atomic_write_json(out / names[1], metrics)
+    with results.staged(out) as stage:
+        staged_predictions = stage(names[0])
+        results.write_parquet(staged_predictions, predictions)
+        metrics["predictions_sha256"] = {names[0]: results.sha256_file(staged_predictions)}
+        results.write_json(stage(names[1]), metrics)
 
 
 def write_result(prep: Prepared, loop: Loop, look: int | None) -> dict:

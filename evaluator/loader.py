@@ -48,7 +48,7 @@ class TransformedDataset(Dataset):
         return len(self.ds)
 
     def __getitem__(self, i):
-        return self.transform(self.ds.load(i).convert(self.mode)), int(self.ds.labels[i])
+        return self.transform(self.ds.decode(i, self.mode)), int(self.ds.labels[i])
 
 
 class ToModelInput:

@@ -138,6 +138,11 @@ def _sequential(result: dict) -> str:
     )
 
 
+def skipped_text(result: dict) -> str:
+    skipped = max((m.get("skipped", 0) for m in result["models"].values()), default=0)
+    return f" ({skipped} unreadable samples skipped by every model)" if skipped else ""
+
+
 def render(result: dict, metrics: dict[str, dict]) -> str:
     """The page."""
     winner = result["winner"]
@@ -150,7 +155,7 @@ def render(result: dict, metrics: dict[str, dict]) -> str:
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>A/B test report</title><style>{CSS}</style></head><body>
 <h1>A/B test report</h1>
-<p class="muted">{result["n"]} samples · fingerprint {html.escape(str(result["fingerprint"])[:16])}… · α = {result["alpha"]:g} · {html.escape(result["method"])} · intervals: {html.escape(result["ci_method"])}</p>
+<p class="muted">{result["n"]} samples{skipped_text(result)} · fingerprint {html.escape(str(result["fingerprint"])[:16])}… · α = {result["alpha"]:g} · {html.escape(result["method"])} · intervals: {html.escape(result["ci_method"])}</p>
 <div class="verdict {"win" if winner else "tie"}">{html.escape(result["verdict"])}</div>
 {alerts}
 <h2>Summary</h2>{_summary(result)}

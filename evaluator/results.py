@@ -10,7 +10,9 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from abtest_api.constants import METRICS, PREDICTIONS
-from abtest_api.errors import UserError
+from abtest_api.errors import UserError, WriteFailure
 
 PREDICTION_COLUMNS = ("index", "label", "pred", "confidence")
 
@@ -29,20 +31,48 @@ def _temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = _temp_path(path)
+@contextmanager
+def staged(folder: Path) -> Iterator[Callable[[str], Path]]:
+    """Files that appear together or not at all: ``stage(name)`` gives a temporary path in ``folder`` to write that
+    file to; when the block ends, every staged file is renamed into place in the order staged (so the last one's
+    presence means "complete"). Any OSError on the way — no space, a read-only volume, no permission — removes what
+    was written and raises one WriteFailure naming the path and the fix."""
+    temps: dict[Path, Path] = {}
+    renamed: list[Path] = []
+    current = folder
+
+    def stage(name: str) -> Path:
+        nonlocal current
+        current = folder / name
+        temps[current] = _temp_path(current)
+        return temps[current]
+
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        folder.mkdir(parents=True, exist_ok=True)
+        yield stage
+        for path, tmp in temps.items():
+            current = path
+            os.replace(tmp, path)
+            renamed.append(path)
+    except OSError as err:
+        for path in renamed:
+            path.unlink(missing_ok=True)
+        raise WriteFailure.of(current, err) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
 
 
-def atomic_write_json(path: Path, obj: dict) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
+def write_bytes(path: Path, data: bytes) -> None:
+    """``data`` written and synced (to a staged path: see ``staged``)."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def json_bytes(obj: dict) -> bytes:
+    return (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode()
 
 
 # Encodings for the prediction columns: the index (0, 1, 2, ...) as deltas decodes ~6x faster than the plain pages a
@@ -50,19 +80,19 @@ def atomic_write_json(path: Path, obj: dict) -> None:
 COLUMN_ENCODINGS = {"index": "DELTA_BINARY_PACKED", "confidence": "BYTE_STREAM_SPLIT"}
 
 
-def atomic_write_parquet(path: Path, table: pa.Table) -> None:
-    tmp = _temp_path(path)
+def write_parquet(path: Path, table: pa.Table) -> None:
+    """The predictions file, synced (write it to a staged path: see ``staged``)."""
     encodings = {name: encoding for name, encoding in COLUMN_ENCODINGS.items() if name in table.column_names}
     # every other column keeps its dictionary; a list column's is set on its leaf
     dictionary = [f"{f.name}.list.element" if pa.types.is_fixed_size_list(f.type) or pa.types.is_list(f.type) else f.name
                   for f in table.schema if f.name not in encodings]  # fmt: skip
-    try:
-        pq.write_table(table, tmp, compression="zstd", use_dictionary=dictionary, column_encoding=encodings)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    pq.write_table(table, path, compression="zstd", use_dictionary=dictionary, column_encoding=encodings)
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def write_json(path: Path, obj: dict) -> None:
+    write_bytes(path, json_bytes(obj))
 
 
 def sha256_file(path: Path) -> str:
@@ -265,7 +295,16 @@ def _checked(model_dir: Path, part: pa.Table | pa.RecordBatch, start: int, n: in
 def check_same_samples(models: list[ModelData]) -> None:
     """Refuse unless every model saw the same samples, in the same order, with the same labels."""
     ref = models[0]
+
+    def skipped(m: ModelData) -> list[str]:
+        return (m.metrics.get("dataset") or {}).get("skipped") or []
+
     for other in models[1:]:
+        if skipped(other) != skipped(ref):
+            raise UserError(
+                f"models skipped different unreadable samples ({ref.name}: {len(skipped(ref))}, {other.name}: {len(skipped(other))}); "
+                "the files changed between their runs: evaluate all on the same files"
+            )
         if len(other.labels) != len(ref.labels):
             raise UserError(
                 f"models saw different numbers of samples ({ref.name}: {len(ref.labels)}, {other.name}: {len(other.labels)}); evaluate all with the same dataset, split and limit"

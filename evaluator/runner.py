@@ -12,11 +12,13 @@ import torch
 from torch import nn
 
 from abtest_api.errors import UserError
+from abtest_evaluator import kernels
 
 
 def seed_everything(seed: int, device_type: str, deterministic: bool = True) -> None:
-    """Same seed, same random weights, same loader order. Deterministic kernels unless the user traded them for
-    cuDNN's autotuning (``--nondeterministic``); cuBLAS needs its workspace set before CUDA starts."""
+    """Same seed, same random weights, same loader order. Deterministic kernels (on CPU the portable ones,
+    abtest_evaluator.kernels) unless the user traded them for speed (``--nondeterministic``: cuDNN's autotuning,
+    NNPACK); cuBLAS needs its workspace set before CUDA starts."""
     if device_type == "cuda" and deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     random.seed(seed)
@@ -27,6 +29,7 @@ def seed_everything(seed: int, device_type: str, deterministic: bool = True) -> 
     # warn_only: some kernels (e.g. adaptive pooling backward) have no deterministic version;
     # inference rarely hits them, and a warning beats refusing to evaluate.
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    kernels.apply(deterministic)
 
 
 def seed_worker(worker_id: int) -> None:

@@ -6,6 +6,7 @@ here sees exactly the transform that ``abtest evaluate`` applies.
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from abtest_evaluator import datasets, models, resolve, results
+from abtest_evaluator import datasets, kernels, models, resolve, results
 
 
 def digits_tensors(split: str, data_cfg: resolve.DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,44 +41,54 @@ def train_digits(
     batch_size: int = 64,
     lr: float = 3e-3,
     seed: int = 0,
+    threads: int = 1,
 ) -> dict:
-    """Train on digits/train and save the state dict (.pth or .safetensors, by suffix) atomically."""
-    torch.manual_seed(seed)
-    loaded = models.build_model(architecture, 10, in_chans)
-    data_cfg = resolve.resolve_data_config(loaded.pretrained_cfg, in_chans, input_size, interpolation, mean, std, crop_pct)
-    images, labels = digits_tensors("train", data_cfg)
-    model = loaded.module.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * ((len(images) + batch_size - 1) // batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
-    loss_fn = nn.CrossEntropyLoss()
-    generator = torch.Generator().manual_seed(seed)
-    started = time.perf_counter()
-    for _ in range(epochs):
-        order = torch.randperm(len(images), generator=generator)
-        for start in range(0, len(images), batch_size):
-            idx = order[start : start + batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(images[idx]), labels[idx])
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+    """Train on digits/train and save the state dict (.pth or .safetensors, by suffix) atomically.
+
+    The same bits on any x86-64 CPU when the process pinned its kernels (``kernels.pin`` before torch loads);
+    ATen splits some training reductions by thread count, so training runs on a fixed number of threads."""
+    with kernels.fixed_threads(threads):
+        torch.manual_seed(seed)
+        loaded = models.build_model(architecture, 10, in_chans)
+        data_cfg = resolve.resolve_data_config(loaded.pretrained_cfg, in_chans, input_size, interpolation, mean, std, crop_pct)
+        images, labels = digits_tensors("train", data_cfg)
+        model = loaded.module.train()
+        # fused: ATen's own vectorised sqrt, where the unfused step's tensor sqrt goes to MKL's vector math (which
+        # rounds differently on AMD and Intel)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4, fused=True)
+        steps = epochs * ((len(images) + batch_size - 1) // batch_size)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
+        loss_fn = nn.CrossEntropyLoss()
+        generator = torch.Generator().manual_seed(seed)
+        started = time.perf_counter()
+        for _ in range(epochs):
+            order = torch.randperm(len(images), generator=generator)
+            for start in range(0, len(images), batch_size):
+                idx = order[start : start + batch_size]
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(model(images[idx]), labels[idx])
+                loss.backward()
+                optimizer.step()
+                schedule.step()
     model.eval()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    tmp = out.with_name(f".{out.name}.tmp")
     if out.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        save_file(state, str(tmp))
+        from safetensors.torch import save as to_bytes
     else:
-        torch.save(state, tmp)
-    # safetensors writes 0600; a checkpoint is read by evaluator pods running as another user (65532)
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o666 & ~umask)
-    tmp.replace(out)
+
+        def to_bytes(tensors):  # in memory, so a full disk is an OSError of the write, not torch's RuntimeError
+            buffer = io.BytesIO()
+            torch.save(tensors, buffer)
+            return buffer.getvalue()
+
+    with results.staged(out.parent) as stage:  # the whole checkpoint or none
+        tmp = stage(out.name)
+        results.write_bytes(tmp, to_bytes(state))
+        # safetensors writes 0600; a checkpoint is read by evaluator pods running as another user (65532)
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)
     with torch.inference_mode():
         train_acc = float((model(images).argmax(-1) == labels).float().mean())
     return {

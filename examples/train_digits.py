@@ -9,8 +9,12 @@ with the preprocessing the evaluator will use. Existing checkpoints are kept unl
 import argparse
 from pathlib import Path
 
-from abtest_evaluator.train import train_digits
-from abtest_operator.spec import load_manifest, parse_abtest
+from abtest_evaluator import kernels
+
+kernels.pin()  # before torch loads: the same checkpoints on any x86-64 CPU (docs/evaluator.md, Determinism)
+
+from abtest_evaluator.train import train_digits  # noqa: E402
+from abtest_operator.spec import load_manifest, parse_abtest  # noqa: E402
 
 HERE = Path(__file__).parent
 EPOCHS = {"timm/resnet10t": 2, "timm/test_vit": 6, "torchvision/shufflenet_v2_x0_5": 3}

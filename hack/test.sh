@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything the tests need and runs them: system packages (openssl, Prometheus and its
 # Pushgateway, and the node's pieces: runc, CNI plugins, iptables, buildah, debootstrap), the
-# virtualenv, the Kubernetes binaries and containerd (built once from the Go module proxy and cached),
+# virtualenv, checkov, the Kubernetes binaries and containerd (built once from the Go module proxy and cached),
 # the project's images (built from the Dockerfile with buildah, cached by input hash), then pytest
 # over every tier. Extra arguments go to pytest.
 set -euo pipefail
@@ -25,6 +25,13 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 source hack/setup.sh
+# checkov, the Kubernetes scanner users run (tests/test_chart.py), in a venv of its own: its pins clash with ours
+CHECKOV_VERSION=3.3.30
+export ABTEST_CHECKOV="$ABTEST_CACHE/tools/checkov-$CHECKOV_VERSION"
+if [ ! -f "$ABTEST_CHECKOV/.complete" ]; then
+  rm -rf "$ABTEST_CHECKOV" && python3 -m venv "$ABTEST_CHECKOV"
+  "$ABTEST_CHECKOV/bin/pip" install -q "checkov==$CHECKOV_VERSION" && touch "$ABTEST_CHECKOV/.complete"
+fi
 bash tests/cluster/build-binaries.sh >/dev/null
 bash hack/build-images.sh operator evaluator-cpu >/dev/null
 exec python -m pytest "$@"

@@ -6,7 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CACHE, INPUT_FLAGS, TINY_MODELS, abtest_cli, model_cache_key
+from abtest_evaluator import kernels
+
+kernels.pin()  # before torch loads, as `abtest evaluate` does: the suite trains and evaluates with the portable kernels
+
+from helpers import CACHE, INPUT_FLAGS, TINY_MODELS, abtest_cli, model_cache_key  # noqa: E402
 
 
 @pytest.fixture(scope="session")

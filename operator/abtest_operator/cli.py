@@ -35,6 +35,10 @@ def add_evaluate(sub) -> None:
 
 def cmd_evaluate(args) -> int:
     from abtest_api.evaluate import from_args
+    from abtest_evaluator import kernels
+
+    if not args.nondeterministic:
+        kernels.pin()  # before torch loads: the same predictions on any x86-64 CPU
     from abtest_evaluator.evaluate import evaluate
 
     metrics = evaluate(from_args(args))

@@ -17,7 +17,8 @@ import time
 from collections import deque
 from pathlib import Path
 
-from abtest_api.errors import UserError
+from abtest_api.constants import WRITE_FAILURE_EXIT
+from abtest_api.errors import UserError, WriteFailure
 from abtest_operator import plan
 from abtest_operator.spec import load_manifest, parse_abtest
 
@@ -100,7 +101,8 @@ class Queue:
             if child.proc.poll() is not None:
                 child.wait()
                 if child.proc.returncode != 0:
-                    raise UserError(f"model {child.run.name} failed: {child.error()}")
+                    failure = WriteFailure if child.proc.returncode == WRITE_FAILURE_EXIT else UserError
+                    raise failure(f"model {child.run.name} failed: {child.error()}")
                 del self.running[slot]
                 self.free.append(slot[0])
         while self.pending and self.free:
@@ -173,7 +175,10 @@ def run_local(
     spec = parse_abtest(load_manifest(manifest_path))
     device = device or spec.device
     out_dir = Path(out or Path("abtest-results") / spec.name).resolve()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise WriteFailure.of(out_dir.parent, err) from None
     staging = out_dir.parent / f".{out_dir.name}.staging-{os.getpid()}"
     threads = max(1, available_cpus() // len(spec.models))
     threads = max(1, threads // spec.shards)
@@ -197,7 +202,10 @@ def run_local(
         else:
             run_models(runs, device, show, gpus=gpus)
             result = run_analysis(staging, spec.alpha, spec.test, order, hypothesis=spec.hypothesis, margin=spec.margin)
-        publish_dir(staging, out_dir)
+        try:
+            publish_dir(staging, out_dir)
+        except OSError as err:
+            raise WriteFailure.of(out_dir, err) from None
         return result, out_dir
     finally:
         shutil.rmtree(staging, ignore_errors=True)

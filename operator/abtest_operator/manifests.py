@@ -9,7 +9,17 @@ import dataclasses
 import hashlib
 from pathlib import PurePosixPath
 
-from abtest_api.constants import ANALYSIS, API_VERSION, GROUP, KIND, LABEL_MODEL, LABEL_NAME, LABEL_ROLE, USER_ERROR_EXIT
+from abtest_api.constants import (
+    ANALYSIS,
+    API_VERSION,
+    GROUP,
+    KIND,
+    LABEL_MODEL,
+    LABEL_NAME,
+    LABEL_ROLE,
+    USER_ERROR_EXIT,
+    WRITE_FAILURE_EXIT,
+)
 from abtest_operator import plan
 from abtest_operator.settings import OperatorConfig
 from abtest_operator.spec import ABTestSpec
@@ -115,11 +125,14 @@ def _job(spec: ABTestSpec, name: str, role: str, pod_spec: dict, model: str | No
         job_labels["kueue.x-k8s.io/queue-name"] = spec.queue_name
     job_spec = {
         "backoffLimit": spec.backoff_limit,
-        # Evictions and preemptions are not the model's fault; a bad-input exit is final.
+        # Evictions and preemptions are not the model's fault; a bad-input or write-failure exit is final.
         "podFailurePolicy": {
             "rules": [
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [USER_ERROR_EXIT]}},
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [USER_ERROR_EXIT, WRITE_FAILURE_EXIT]},
+                },
             ]
         },
         "template": {

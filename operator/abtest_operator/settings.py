@@ -16,7 +16,7 @@ class OperatorConfig:
     metrics_port: int = 9090
     results_claim: str = "abtest-results"  # default shared claim per namespace; results outlive ABTests
     analysis_resources: dict = field(default_factory=lambda: {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}})
-    model_default_resources: dict = field(default_factory=lambda: {"requests": {"cpu": "1", "memory": "2Gi"}})
+    model_default_resources: dict = field(default_factory=lambda: {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}})
     allowed_images: tuple[str, ...] = ()  # repositories or "/"-ended prefixes for spec.image; () allows only `image`'s repository
     allowed_volume_sources: tuple[str, ...] = ("persistentVolumeClaim", "configMap", "emptyDir")
     pushgateway: str | None = None

@@ -1,5 +1,7 @@
-"""The image install steps: the operator target installs without torch and still renders Jobs."""
+"""The image install steps: the operator target installs without torch and still renders Jobs; the dev setup's
+per-checkout layer."""
 
+import shutil
 import subprocess
 
 from helpers import ROOT
@@ -54,6 +56,14 @@ def test_two_clones_set_up_at_once_each_run_their_own_sources(tmp_path):
         assert setup.returncode == 0, err
         venvs.append(out.split()[-1])
     assert venvs[0] != venvs[1]
+    try:
+        check_each_runs_its_own(clones, venvs)
+    finally:  # the layers are keyed by checkout path: these temporary clones' would only accumulate
+        for venv in venvs:
+            shutil.rmtree(venv, ignore_errors=True)
+
+
+def check_each_runs_its_own(clones, venvs):
     for clone, venv in zip(clones, venvs):
         source = subprocess.run([f"{venv}/bin/python", "-c", "import abtest_evaluator, torch; print(abtest_evaluator.__file__)"],
                                 capture_output=True, text=True, timeout=120)  # fmt: skip

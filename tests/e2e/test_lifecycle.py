@@ -441,3 +441,40 @@ def test_two_models_in_three_shards_each_equal_the_unsharded_run(cluster, namesp
         (c["n10"], c["n01"], c["pValue"]) for c in whole["comparisons"]
     ]
     assert sharded["models"]["resnet"]["accuracy"] == whole["models"]["resnet"]["accuracy"] and sharded["n"] == whole["n"]
+
+
+def test_a_corrupt_image_fails_the_abtest_naming_the_file_and_skip_succeeds_with_the_count(cluster, namespace, models_dir):
+    """An imagefolder on a dataset volume with one truncated JPEG among good PNGs: with the default the ABTest fails
+    at once (exit 2, not retried) quoting the file; with onUnreadable: skip both models leave it out and succeed."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    folder = models_dir / f"data-{namespace.name}"  # the models claim's host folder, mounted again as the dataset
+    rng = np.random.default_rng(0)
+    for cls in range(3):
+        (folder / str(cls)).mkdir(parents=True, exist_ok=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / str(cls) / f"{i}.png")
+    broken = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(broken, "JPEG")
+    (folder / "1" / "cut.jpg").write_bytes(broken.getvalue()[:300])
+    dataset = {
+        "name": "imagefolder",
+        "path": f"/data/{folder.name}",
+        "volume": {"persistentVolumeClaim": {"claimName": "abtest-models", "readOnly": True}},
+    }
+    names = {}
+    for policy in ("fail", "skip"):
+        manifest = example_manifest("abtest-digits.yaml", namespace.name, dataset={**dataset, "onUnreadable": policy})
+        manifest["metadata"]["name"] = names[policy] = f"corrupt-{policy}"
+        apply(cluster, manifest)
+    failed = wait_phase(cluster, namespace.name, names["fail"], ("Failed", "Succeeded"))["status"]
+    assert failed["phase"] == "Failed"
+    assert "sample 1/cut.jpg (/data/" in failed["reason"] and "cannot be decoded" in failed["reason"], failed["reason"]
+    model_jobs = [j for j in jobs(cluster, namespace.name) if j["metadata"]["name"].startswith(names["fail"])]
+    assert all((j["status"].get("failed") or 0) <= 1 for j in model_jobs)  # the bad-input exit is not retried
+    skipped = wait_phase(cluster, namespace.name, names["skip"], ("Failed", "Succeeded"))["status"]
+    assert skipped["phase"] == "Succeeded", skipped.get("reason")
+    assert skipped["result"]["skipped"] == 1 and skipped["result"]["n"] == 24

@@ -564,3 +564,17 @@ def test_the_operator_times_its_garbage_collections_by_generation():
     assert count == 1 and metrics.registry.get_sample_value("abtest_operator_gc_pause_seconds_sum", {"generation": "2"}) == 0.25
     gc.collect()  # no longer timed
     assert metrics.registry.get_sample_value("abtest_operator_gc_pause_seconds_count", {"generation": "2"}) == 1
+
+
+def test_default_limits_never_turn_into_requests_nor_undercut_a_user_request():
+    """The chart's defaults arrive as JSON with "limits" before "requests": a default memory limit must not count as
+    a user limit (which would leave the request at the 8Gi limit), nor cap a request the user set above it."""
+    cfg = OperatorConfig(
+        image=CFG.image, model_default_resources={"limits": {"memory": "8Gi"}, "requests": {"cpu": "100m", "memory": "256Mi"}}
+    )
+    plain = manifests.model_resources(parse_abtest(example()), cfg)
+    assert plain["requests"] == {"cpu": "100m", "memory": "256Mi"} and plain["limits"]["memory"] == "8Gi"
+    big = example()
+    big["spec"]["resources"] = {"requests": {"memory": "16Gi"}}
+    sized = manifests.model_resources(parse_abtest(big), cfg)
+    assert sized["requests"] == {"cpu": "100m", "memory": "16Gi"} and "memory" not in sized["limits"]

@@ -162,13 +162,15 @@ def gpus(spec: ABTestSpec) -> int:
 
 
 def model_resources(spec: ABTestSpec, cfg: OperatorConfig) -> dict:
-    """spec.resources over the operator's defaults, per resource: a default request is left out where the spec sets
-    only a limit (Kubernetes then requests the limit), so a default can never exceed what the user capped."""
+    """spec.resources over the operator's defaults, per resource. A default request is left out where the spec sets
+    only a limit (Kubernetes then requests the limit), and a default limit where the spec sets a request (it could be
+    below it), so a default never contradicts what the user sized."""
     # Quantities as strings, the form the API returns them in (the CRD accepts int or string).
     resources = {k: {name: str(q) for name, q in v.items()} for k, v in spec.resources.items()}
+    user_sized = {"requests": spec.resources.get("limits", {}), "limits": spec.resources.get("requests", {})}
     for kind, defaults in cfg.model_default_resources.items():
         for name, quantity in defaults.items():
-            if name not in resources.get(kind, {}) and not (kind == "requests" and name in resources.get("limits", {})):
+            if name not in resources.get(kind, {}) and name not in user_sized.get(kind, {}):
                 resources.setdefault(kind, {})[name] = str(quantity)
     if gpus(spec):
         resources.setdefault("limits", {})["nvidia.com/gpu"] = str(gpus(spec))

@@ -33,7 +33,7 @@ def status_result(result: dict) -> dict:
         "alpha": result["alpha"],
         "method": result["method"],
         "n": result["n"],
-        **({"skipped": skipped} if (skipped := max((m.get("skipped", 0) for m in result["models"].values()), default=0)) else {}),
+        **({"skipped": result["skipped"]} if result.get("skipped") else {}),
         "models": {
             n: {"accuracy": m["accuracy"], "throughput": m["throughput"], "latencyMsP50": m["latency_ms_p50"]}
             for n, m in result["models"].items()

@@ -360,6 +360,7 @@ def compare_models(
         "ci_method": "Newcombe (1998) method 10 score interval for paired proportions",
         "fingerprint": models[0].metrics.get("fingerprint"),
         "n": int(len(models[0].correct)),
+        "skipped": summaries[models[0].name]["skipped"],  # the same for every model (check_same_samples)
         "models": summaries,
         "comparisons": comparisons,
         "omnibus": omnibus,

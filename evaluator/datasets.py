@@ -19,7 +19,6 @@ from abtest_api.errors import UserError
 
 DATASETS = ("digits", "imagefolder", "cifar10", "cifar100", "torchvision")
 SPLITS = ("train", "test")
-ON_UNREADABLE = ("fail", "skip")
 # what a broken image file raises while it is opened or decoded (Pillow: OSError for truncated or unidentified data,
 # ValueError/SyntaxError for malformed headers; IsADirectoryError is an OSError)
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
@@ -71,14 +70,15 @@ class EvalDataset:
 
     def without(self, positions: list[int]) -> EvalDataset:
         """The dataset without the samples at ``positions``, in the same order (the fingerprint changes with them)."""
-        if not positions:
-            return self
         drop = set(positions)
-        keep = [i for i in range(len(self)) if i not in drop]
+        return self.select([i for i in range(len(self)) if i not in drop]) if drop else self
+
+    def select(self, positions: list[int] | range) -> EvalDataset:
+        """The samples at ``positions``, in that order, loaded (and named in errors) by their positions here."""
         load, source = self.load, self.source
         return EvalDataset(
-            self.name, [self.ids[i] for i in keep], self.labels[keep], self.num_classes, lambda j: load(keep[j]), self.classes,
-            (lambda j: source(keep[j])) if source else None,
+            self.name, [self.ids[i] for i in positions], self.labels[list(positions)], self.num_classes,
+            lambda j: load(positions[j]), self.classes, (lambda j: source(positions[j])) if source else None,
         )  # fmt: skip
 
     def __len__(self) -> int:
@@ -89,15 +89,11 @@ class EvalDataset:
             return self
         if limit < 1:
             raise UserError(f"--limit must be at least 1, got {limit}")
-        return EvalDataset(self.name, self.ids[:limit], self.labels[:limit], self.num_classes, self.load, self.classes, self.source)
+        return self.select(range(limit))
 
     def part(self, start: int, end: int) -> EvalDataset:
         """Samples [start, end) of the order (one shard's), loaded by their positions in the whole."""
-        source = self.source
-        return EvalDataset(
-            self.name, self.ids[start:end], self.labels[start:end], self.num_classes, lambda i: self.load(start + i), self.classes,
-            (lambda i: source(start + i)) if source else None,
-        )  # fmt: skip
+        return self.select(range(start, end))
 
     def fingerprint(self) -> str:
         return fingerprint(self.ids, self.labels)

@@ -91,14 +91,12 @@ def settings() -> dict:
     """What decides this process's CPU numerics, for metrics.json (the analysis warns when models differ in it)."""
     import torch
 
-    branch = mkl_branch()
-    return {
+    onednn = torch.backends.mkldnn.enabled
+    found = {
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "mkl_branch": branch,
-        "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") if torch.backends.mkldnn.enabled else None,
+        "mkl_branch": mkl_branch(),
+        "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") if onednn else None,
         "nnpack": bool(torch._C._get_nnpack_enabled()),
-        "portable": torch.backends.cpu.get_cpu_capability() == "AVX2"
-        and branch == "COMPATIBLE"
-        and (not torch.backends.mkldnn.enabled or os.environ.get("ONEDNN_MAX_CPU_ISA") == PORTABLE_ENV["ONEDNN_MAX_CPU_ISA"])
-        and not torch._C._get_nnpack_enabled(),
     }
+    portable = found["cpu_capability"] == "AVX2" and found["mkl_branch"] == "COMPATIBLE" and not found["nnpack"]
+    return {**found, "portable": portable and (not onednn or found["onednn_max_isa"] == PORTABLE_ENV["ONEDNN_MAX_CPU_ISA"])}

@@ -139,8 +139,7 @@ def _sequential(result: dict) -> str:
 
 
 def skipped_text(result: dict) -> str:
-    skipped = max((m.get("skipped", 0) for m in result["models"].values()), default=0)
-    return f" ({skipped} unreadable samples skipped by every model)" if skipped else ""
+    return f" ({result['skipped']} unreadable samples skipped by every model)" if result.get("skipped") else ""
 
 
 def render(result: dict, metrics: dict[str, dict]) -> str:

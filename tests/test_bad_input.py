@@ -18,6 +18,7 @@ from PIL import Image
 
 from abtest_api.constants import USER_ERROR_EXIT, WRITE_FAILURE_EXIT
 from abtest_api.errors import WriteFailure
+from abtest_api.result import status_result
 from abtest_evaluator import datasets, results
 from helpers import INPUT_FLAGS, ROOT, abtest_cli, read_json
 
@@ -92,6 +93,7 @@ def test_skip_leaves_the_same_samples_out_of_every_model_and_records_them(tmp_pa
     assert analysed.returncode == 0, analysed.stderr
     result = read_json(tmp_path / "out" / "result.json")
     assert {n: m["skipped"] for n, m in result["models"].items()} == {"first": 2, "second": 2}
+    assert status_result(result)["skipped"] == 2  # what status.result shows
     assert "(2 unreadable samples skipped by every model)" in (tmp_path / "out" / "report.html").read_text()
 
     # a model that skipped other samples saw another dataset: the analysis refuses the pair

@@ -88,6 +88,15 @@ class EvalConfig:
         help="evaluate part I of N (0-based, I/N) of the shared order and write the shard files (predictions-0000I-of-0000N.parquet, "
         "metrics-…json); the analysis merges them",
     )
+    start_with: str | None = option(
+        None,
+        help="the ABTest's models, comma-separated: once prepared (loaded, warmed up), wait in the results folder (the parent "
+        "of --out) until every one of their evaluators (each part, with --shard) is ready, so that the timed loops start "
+        "together (default: start at once)",
+    )
+    start_timeout: int = option(
+        600, help="seconds to wait at the start barrier before failing, naming the peers not ready", spec="spec:startTimeoutSeconds"
+    )
     looks: int | None = option(
         None,
         help="also publish the predictions of the first samples at K equal looks (a group-sequential analysis reads them)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -20,6 +21,7 @@ from abtest_api.constants import MAX_LOOKS, METRICS, PREDICTIONS, look_dir, look
 from abtest_api.errors import UserError
 from abtest_api.evaluate import EvalConfig
 from abtest_evaluator import datasets, kernels, loader, measurements, models, resolve, results
+from abtest_evaluator.barrier import Release, StartBarrier, peer_id, peer_ids
 from abtest_evaluator.runner import Runner, seed_everything, seed_worker
 from abtest_evaluator.telemetry import EvalTelemetry, GpuSampler
 
@@ -106,6 +108,7 @@ class Prepared:
     fingerprint: str  # of every sample in the shared order (a shard evaluates a part of it)
     shard: tuple[int, int, int, int] | None = None  # (index, count, first sample, samples in all) of a sharded run
     skipped: tuple[str, ...] = ()  # ids of the unreadable samples left out (spec.dataset.onUnreadable: skip)
+    barrier: StartBarrier | None = None  # where the timed loop waits for its peers (--start-with)
 
 
 @dataclass
@@ -121,6 +124,8 @@ class Loop:
     gpu_utilization: dict | None
     loop_seconds: float = 0.0  # wall clock of the timed loop: from the first timed batch to the last one's bookkeeping
     wait_seconds: float = 0.0  # of which the loop waited for the loader
+    ready_at: float = 0.0  # when preparation and warm-up were done (the arrival at the start barrier)
+    release: Release | None = None  # what the start barrier measured
 
     def prefix(self, n: int) -> Loop:
         """What the loop had measured by its first ``n`` samples (the batches so far, for a look)."""
@@ -154,6 +159,7 @@ def prepare(cfg: EvalConfig) -> Prepared:
         if not len(ds):
             raise UserError(f"every sample of {ds.name} at {cfg.path} is unreadable; check --path (spec.dataset.path)")
     fingerprint, shard = ds.fingerprint(), None
+    index = count = None
     if cfg.shard:
         index, count = resolve.parse_shard(cfg.shard)
         if cfg.looks:
@@ -169,6 +175,7 @@ def prepare(cfg: EvalConfig) -> Prepared:
         raise UserError(
             f"dataset {ds.name} has {ds.num_classes} classes but the model outputs {num_classes}; set --num-classes {ds.num_classes} (spec.models[].numClasses)"
         )
+    barrier = start_barrier(cfg, (index, count) if count else None)
     loaded = models.build_model(cfg.model, num_classes, cfg.in_chans, cfg.pretrained, cfg.checkpoint)
     data_cfg = resolve.resolve_data_config(
         loaded.pretrained_cfg, cfg.in_chans, cfg.input_size, cfg.interpolation, cfg.mean, cfg.std, cfg.crop_pct
@@ -190,8 +197,18 @@ def prepare(cfg: EvalConfig) -> Prepared:
     to_input = loader.ToModelInput(data_cfg, cfg.preprocess, runner.device, runner.memory_format)
     return Prepared(
         cfg, started, device, amp_dtype, channels_last, threads, workers, ds, num_classes, loaded, data_cfg,
-        loader.DeviceBatches(batches, runner.device, to_input), runner, fingerprint, shard, skipped=skipped,
+        loader.DeviceBatches(batches, runner.device, to_input), runner, fingerprint, shard, skipped=skipped, barrier=barrier,
     )  # fmt: skip
+
+
+def start_barrier(cfg: EvalConfig, shard: tuple[int, int] | None) -> StartBarrier | None:
+    """The barrier this evaluator meets its peers at (``--start-with``), in the results folder (the parent of --out)."""
+    if not cfg.start_with:
+        return None
+    if cfg.start_timeout < 1:
+        raise UserError(f"--start-timeout (spec.startTimeoutSeconds) must be at least 1 second, got {cfg.start_timeout}")
+    peers = peer_ids([m for m in cfg.start_with.split(",") if m], shard[1] if shard else None)
+    return StartBarrier(Path(cfg.out).parent, peer_id(cfg.model_label, shard), peers, cfg.start_timeout)
 
 
 def run(prep: Prepared, telemetry: EvalTelemetry, on_look=None) -> Loop:
@@ -205,8 +222,14 @@ def run(prep: Prepared, telemetry: EvalTelemetry, on_look=None) -> Loop:
     sampler = (
         GpuSampler(runner.device.index or 0, on_sample=lambda r: telemetry.set_gpu(None, r)) if prep.device == "cuda" else nullcontext()
     )
+    batches = iter(prep.loader)
+    first = next(batches)  # for the warm-up; the workers go on loading the next batches meanwhile, and at the barrier
+    if cfg.warmup_batches:
+        runner.warmup(first[0], cfg.warmup_batches)
+    ready_at = time.time()
+    release = prep.barrier.wait() if prep.barrier else None
     started = time.time()
-    loop = Loop(topk, confidence, batch_seconds, batch_sizes, started, started, None)
+    loop = Loop(topk, confidence, batch_seconds, batch_sizes, started, started, None, ready_at=ready_at, release=release)
     looks = list(enumerate(look_sizes(n, cfg.looks)[:-1], 1)) if cfg.looks else []
     with sampler, Progress(cfg.progress, cfg.model_label, n) as progress:
         pos = queued = 0  # samples collected to the host / queued on the device
@@ -231,15 +254,10 @@ def run(prep: Prepared, telemetry: EvalTelemetry, on_look=None) -> Loop:
                 look, samples = looks.pop(0)
                 on_look(look, loop.prefix(samples))
 
-        timed_from = ready = None  # the loop's clock starts after the first batch's loading and the warm-up
-        for images, labels in prep.loader:
-            arrived = time.perf_counter()
-            if queued == 0 and cfg.warmup_batches:
-                runner.warmup(images, cfg.warmup_batches)
-            if timed_from is None:
-                timed_from = time.perf_counter()
-            else:
-                loop.wait_seconds += arrived - ready
+        timed_from, ready = time.perf_counter(), None  # the loop's clock starts after the warm-up and the barrier
+        for images, labels in itertools.chain([first], batches):
+            if ready is not None:
+                loop.wait_seconds += time.perf_counter() - ready
             pending.append((runner(images), labels))
             queued += len(labels)
             if len(pending) >= runner.collect_every or queued == n or (looks and looks[0][1] <= queued):
@@ -305,6 +323,8 @@ def build_metrics(prep: Prepared, loop: Loop, look: int | None = None) -> dict:
             "versions": library_versions(),
             "image": os.environ.get("ABTEST_IMAGE"),
             "started_at": prep.started,
+            "ready_at": loop.ready_at,
+            "start_barrier": loop.release.as_json() if loop.release else None,
             "loop_started_at": loop.started,
             "finished_at": loop.finished,
             "abtest": {"name": cfg.abtest, "namespace": cfg.namespace} if cfg.abtest else None,

@@ -429,6 +429,31 @@ def test_a_stall_is_a_condition_at_once_and_a_failure_after_the_timeout():
     assert {c["type"]: c["status"] for c in recovered["conditions"]}["Stalled"] == "False" and recovered["phase"] == "Running"
 
 
+def test_a_model_that_cannot_be_placed_beside_its_waiting_peers_fails_after_the_start_timeout():
+    """resnet runs (it waits at the start barrier, holding its GPU) while no node fits vit: AllModelsPlaced is False at
+    once naming vit and the cause, and after spec.startTimeoutSeconds (shorter than the stall timeout here) it fails."""
+    from dataclasses import replace
+
+    manifest = example()
+    manifest["spec"].update(stallTimeoutSeconds=600, startTimeoutSeconds=30)
+    spec = parse_abtest(manifest)
+    waiting = replace(job("Running"), ready=True)
+    cause = "unschedulable: 0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+    stuck = replace(job("Running"), stall=cause)  # its pod is active, but not placed
+    first = status.derive_status(spec, 1, {"resnet": waiting, "vit": stuck}, job("Missing"), now=NOW)
+    placed = {c["type"]: c for c in first["conditions"]}["AllModelsPlaced"]
+    assert first["phase"] == "Running" and placed["status"] == "False" and placed["reason"] == "ModelUnschedulable"
+    assert placed["message"].startswith(f"model vit cannot be placed while resnet wait(s) at the start barrier: {cause}")
+    failed = status.derive_status(spec, 1, {"resnet": waiting, "vit": stuck}, job("Missing"), previous=first, now=NOW.replace(second=30))
+    assert failed["phase"] == "Failed"
+    assert failed["reason"] == f"model vit could not be placed beside its waiting peers for 30s (spec.startTimeoutSeconds 30): {cause}"
+    # both placed: True; nobody placed yet (both unschedulable): no peer holds anything, so only the stall rule applies
+    both = status.derive_status(spec, 1, {"resnet": waiting, "vit": waiting}, job("Missing"), previous=first, now=NOW)
+    assert {c["type"]: c["status"] for c in both["conditions"]}["AllModelsPlaced"] == "True"
+    neither = status.derive_status(spec, 1, {"resnet": stuck, "vit": stuck}, job("Missing"), now=NOW.replace(minute=5))
+    assert {c["type"]: c["status"] for c in neither["conditions"]}["AllModelsPlaced"] == "Unknown" and neither["phase"] != "Failed"
+
+
 def test_status_patches_are_conditional_on_the_version_the_pass_read():
     """Concurrent passes (Job events, the resync): an older pass must not overwrite a newer verdict."""
     from types import SimpleNamespace

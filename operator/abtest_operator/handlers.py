@@ -237,6 +237,9 @@ def announce(events, body: dict, old: dict, new: dict, created: list[str]) -> No
     was_stalled = any(c["type"] == "Stalled" and c["status"] == "True" for c in old.get("conditions") or [])
     if stalled and not was_stalled:
         events.warn(body, reason="Stalled", message=stalled["message"])
+    apart = next((c for c in new.get("conditions", []) if c["type"] == "AllModelsPlaced" and c["status"] == "False"), None)
+    if apart and not any(c["type"] == "AllModelsPlaced" and c["status"] == "False" for c in old.get("conditions") or []):
+        events.warn(body, reason="ModelUnschedulable", message=apart["message"])
     changed = old.get("phase") != new["phase"]
     if changed and new["phase"] == status.FAILED:
         events.warn(body, reason="Failed", message=new["reason"])

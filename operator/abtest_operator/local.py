@@ -118,17 +118,28 @@ class Queue:
             child.stop()
 
 
+def usable_gpus(device: str, gpus: int | None) -> int:
+    """The GPUs to use: ``gpus`` when given (a test fakes the count), else those NVML sees; none with device cpu."""
+    return (gpu_count() if device != "cpu" else 0) if gpus is None else gpus
+
+
+def queued(gpus: int, runs: int) -> bool:
+    """Whether some runs wait for a GPU (one model per GPU at a time), so the runs cannot all start together."""
+    return 0 < gpus < runs
+
+
 def run_models(runs: list[plan.ModelRun], device: str, show_progress: bool, alongside=None, gpus: int | None = None):
     """Every model (queued per GPU when GPUs are fewer than models); ``alongside(idle)`` (a sequential analysis) runs
     meanwhile and its answer ends the run: the models still evaluating are stopped. ``idle()`` advances the queue and
     raises when a model failed. ``gpus``: the GPUs to use (default: those NVML sees, none with device cpu)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    gpus = (gpu_count() if device != "cpu" else 0) if gpus is None else gpus
-    if 0 < gpus < len(runs):
+    gpus = usable_gpus(device, gpus)
+    if queued(gpus, len(runs)):
         print(
             f"{len(runs)} models on {gpus} GPU(s): {gpus} at a time, one per GPU, the others queued "
-            "(two models sharing a GPU would blur each other's latency and utilization)",
+            "(two models sharing a GPU would blur each other's latency and utilization); their timed loops cannot start "
+            "together, and the verdict will say so",
             file=sys.stderr,
         )
     progress = Progress(
@@ -182,9 +193,13 @@ def run_local(
     staging = out_dir.parent / f".{out_dir.name}.staging-{os.getpid()}"
     threads = max(1, available_cpus() // len(spec.models))
     threads = max(1, threads // spec.shards)
+    gpus = usable_gpus(device, gpus)
+    # queued runs cannot wait for each other at the start barrier: the first would wait for one that waits for its GPU
+    together = not queued(gpus, len(spec.models) * spec.shards)
     runs = plan.plan_models(
-        spec, str(staging), models_dir=str(Path(manifest_path).resolve().parent), device=device, threads=threads, progress="json"
-    )
+        spec, str(staging), models_dir=str(Path(manifest_path).resolve().parent), together=together, device=device, threads=threads,
+        progress="json",
+    )  # fmt: skip
     runs = plan.plan_shards(runs, spec.shards)
     try:
         show = sys.stderr.isatty() if show_progress is None else show_progress

@@ -38,9 +38,14 @@ def model_config(spec: ABTestSpec, model: ModelSpec, out: str, models_dir: str |
     return EvalConfig(**settings | {k: v for k, v in executor.items() if v is not None})
 
 
-def plan_models(spec: ABTestSpec, results_dir: str, models_dir: str | None = None, **executor) -> list[ModelRun]:
-    """One run per model, writing to ``results_dir/<model>``."""
-    return [ModelRun(m.name, model_config(spec, m, str(PurePosixPath(results_dir) / m.name), models_dir, **executor)) for m in spec.models]
+def plan_models(spec: ABTestSpec, results_dir: str, models_dir: str | None = None, together: bool = True, **executor) -> list[ModelRun]:
+    """One run per model, writing to ``results_dir/<model>``; ``together``: they wait for each other at the start
+    barrier in ``results_dir`` (every model, every shard), so that their timed loops start at the same time."""
+    start_with = ",".join(m.name for m in spec.models) if together else None
+    return [
+        ModelRun(m.name, model_config(spec, m, str(PurePosixPath(results_dir) / m.name), models_dir, start_with=start_with, **executor))
+        for m in spec.models
+    ]
 
 
 def plan_shards(runs: list[ModelRun], count: int) -> list[ModelRun]:

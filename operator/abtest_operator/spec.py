@@ -60,6 +60,7 @@ class ABTestSpec:
     results: ResultsSpec = ResultsSpec()
     queue_name: str | None = None
     stall_timeout_seconds: int = 300
+    start_timeout_seconds: int = 600  # how long the evaluators wait for each other at the start barrier
     active_deadline_seconds: int | None = None
     backoff_limit: int = 0
     ttl_seconds_after_finished: int | None = None
@@ -159,6 +160,7 @@ def parse_abtest(manifest: dict) -> ABTestSpec:
         ),
         queue_name=spec.get("queueName"),
         stall_timeout_seconds=spec["stallTimeoutSeconds"],
+        start_timeout_seconds=spec["startTimeoutSeconds"],
         active_deadline_seconds=spec.get("activeDeadlineSeconds"),
         backoff_limit=spec.get("backoffLimit", 0),
         ttl_seconds_after_finished=spec.get("ttlSecondsAfterFinished"),

@@ -23,6 +23,7 @@ class JobState:
     completion: str | None = None
     stall: str = ""  # why its pod cannot start (unschedulable, image, admission, quota); "" when it can
     image: str | None = None  # the evaluator image the Job runs
+    ready: bool = False  # a pod of it runs (ready): a model waiting at the start barrier holds its resources
 
 
 # Container waiting reasons that do not resolve by themselves.
@@ -34,6 +35,7 @@ STALL_WAITING_REASONS = frozenset(
 # The scheduler retries an unschedulable pod whenever the cluster changes (a claim binds, a node joins), so a
 # pod is unschedulable for a moment while its PersistentVolumeClaim is being bound; only a lasting one is a stall.
 UNSCHEDULABLE_GRACE_SECONDS = 10
+UNSCHEDULABLE = "unschedulable: "  # how a stall cause for a pod no node fits begins
 
 
 def pod_stall(pod: dict, now: datetime) -> str:
@@ -45,7 +47,7 @@ def pod_stall(pod: dict, now: datetime) -> str:
             since = c.get("lastTransitionTime")
             if since and seconds_since(since, now) < UNSCHEDULABLE_GRACE_SECONDS:
                 return ""
-            return f"unschedulable: {c.get('message') or 'no node fits'}"
+            return f"{UNSCHEDULABLE}{c.get('message') or 'no node fits'}"
     for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
         waiting = (cs.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") in STALL_WAITING_REASONS:
@@ -80,8 +82,8 @@ def _phase_of(job: dict, pod_message: str) -> JobState:
     for kind in ("Complete", "SuccessCriteriaMet"):
         if kind in conditions:
             return JobState("Succeeded", start=start, completion=completion or conditions[kind].get("lastTransitionTime"))
-    if status.get("active") or status.get("ready"):
-        return JobState("Running", start=start)
+    if status.get("active") or status.get("ready"):  # (a pod the scheduler cannot place counts as active)
+        return JobState("Running", start=start, ready=bool(status.get("ready")))
     return JobState("Pending", start=start)
 
 
@@ -135,6 +137,8 @@ def derive_status(
     if failed:
         name, s = failed[0]
         phase, reason = FAILED, f"model {name} failed: " + ": ".join(x for x in (s.reason, s.message) if x)
+        for other, cause in unplaced(model_jobs):  # a peer that gave up waiting at the start barrier: say why it waited
+            reason += f"; model {other} could not be placed: {cause}"
     elif analysis.phase == "Failed":
         phase, reason = FAILED, "analysis failed: " + ": ".join(x for x in (analysis.reason, analysis.message) if x)
     elif analysis.phase == "Succeeded":
@@ -165,6 +169,17 @@ def derive_status(
             phase, reason = (
                 FAILED,
                 f"model {name} stalled for {int(waited)}s (spec.stallTimeoutSeconds {spec.stall_timeout_seconds}): {cause}",
+            )
+            failed = [(name, model_jobs[name])]
+    together_condition = _together(spec, model_jobs, phase, old, stamp, generation)
+    if together_condition["status"] == "False" and phase not in (SUCCEEDED, FAILED):
+        waited = seconds_since(together_condition["lastTransitionTime"], now or datetime.now(UTC))
+        if waited >= spec.start_timeout_seconds:
+            name, cause = unplaced(model_jobs)[0]
+            phase, reason = (
+                FAILED,
+                f"model {name} could not be placed beside its waiting peers for {int(waited)}s (spec.startTimeoutSeconds "
+                f"{spec.start_timeout_seconds}): {cause}",
             )
             failed = [(name, model_jobs[name])]
     n_done = sum(s.phase == "Succeeded" for s in model_jobs.values())
@@ -199,6 +214,7 @@ def derive_status(
         ),
         _condition("Failed", phase == FAILED, "Failed" if phase == FAILED else "NoFailure", reason, old, stamp, generation),
         stalled_condition,
+        together_condition,
     ]
     results = ((previous.get("result") or {}).get("models")) or {}
     models = []
@@ -229,6 +245,28 @@ def derive_status(
     if phase in (SUCCEEDED, FAILED):
         status["completionTime"] = previous.get("completionTime") or stamp
     return status
+
+
+def unplaced(model_jobs: dict[str, JobState]) -> list[tuple[str, str]]:
+    """The models whose pod the scheduler cannot place (for lack of GPUs, say), with the scheduler's reason."""
+    return [(name, s.stall) for name, s in model_jobs.items() if s.stall.startswith(UNSCHEDULABLE) and s.phase in ("Pending", "Running")]
+
+
+def _together(spec: ABTestSpec, model_jobs: dict[str, JobState], phase: str, old: dict, stamp: str, generation: int) -> dict:
+    """``AllModelsPlaced``: False while a model cannot be placed and others already run (they wait at the start barrier,
+    holding their GPUs: the ABTest fails after spec.startTimeoutSeconds rather than hold them forever), True once every
+    model has run."""
+    waiting = [name for name, s in model_jobs.items() if s.ready and name not in dict(unplaced(model_jobs))]
+    blocked = unplaced(model_jobs)
+    if blocked and waiting and phase not in (SUCCEEDED, FAILED):
+        message = "; ".join(
+            f"model {name} cannot be placed while {', '.join(waiting)} wait(s) at the start barrier: {cause}" for name, cause in blocked
+        )
+        message += f"; the ABTest fails after spec.startTimeoutSeconds ({spec.start_timeout_seconds}s) unless it is placed"
+        return _condition("AllModelsPlaced", False, "ModelUnschedulable", message, old, stamp, generation)
+    if all(s.ready or s.phase == "Succeeded" for s in model_jobs.values()) or phase == SUCCEEDED:
+        return _condition("AllModelsPlaced", True, "Placed", "every model's pod was placed", old, stamp, generation)
+    return _condition("AllModelsPlaced", None, "Waiting", "waiting for the model pods to be placed", old, stamp, generation)
 
 
 def is_terminal(status: dict | None) -> bool:

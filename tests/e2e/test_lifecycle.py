@@ -33,6 +33,7 @@ def test_two_model_example_succeeds_with_the_right_p_value(cluster, namespace):
         "Ready": "True",
         "Failed": "False",
         "Stalled": "False",
+        "AllModelsPlaced": "True",
     }
 
     # kubectl get shows the printer columns
@@ -68,6 +69,9 @@ def test_two_model_example_succeeds_with_the_right_p_value(cluster, namespace):
     assert {c["args"][c["args"].index("--seed") + 1] for c in containers} == {"42"}
     metrics = [json.loads((results / m / "metrics.json").read_text()) for m in ("resnet", "vit")]
     assert max(m["started_at"] for m in metrics) < min(m["finished_at"] for m in metrics)
+    # the timed loops started together: each waited at the start barrier for the other
+    assert abs(metrics[0]["loop_started_at"] - metrics[1]["loop_started_at"]) < 1.0, [m["start_barrier"] for m in metrics]
+    assert all(m["start_barrier"]["peers"] == ["resnet", "vit"] and m["ready_at"] <= m["loop_started_at"] for m in metrics)
     assert metrics[0]["image"] == metrics[1]["image"] == containers[0]["image"] == status["image"]
     # the per-model status carries the results once the analysis has run
     assert {m["name"]: m["phase"] for m in status["models"]} == {"resnet": "Succeeded", "vit": "Succeeded"}
@@ -232,6 +236,40 @@ def test_default_device_requests_a_gpu_and_falls_back_to_cpu(cluster, namespace)
     assert all({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in p["spec"]["tolerations"] for p in pods)
     metrics = json.loads((namespace.results / namespace.name / name / done["metadata"]["uid"] / "resnet" / "metrics.json").read_text())
     assert metrics["device"]["type"] == "cpu" and metrics["gpu_memory"] is None
+
+
+def test_models_the_node_cannot_place_together_fail_the_abtest_naming_the_model_and_the_cause(cluster, namespace):
+    """Each model asks for all 8 GPUs the test node advertises: one model's pod runs and waits at the start barrier, the
+    other's is unschedulable. The ABTest says so at once (AllModelsPlaced False, a Warning Event) and fails after
+    spec.startTimeoutSeconds instead of succeeding with one model's timed loop after the other's, or holding the GPUs."""
+    manifest = example_manifest("abtest-digits.yaml", namespace.name, startTimeoutSeconds=30, stallTimeoutSeconds=600)
+    manifest["spec"].update(device="auto", gpusPerModel=8)
+    name = manifest["metadata"]["name"]
+    apply(cluster, manifest)
+
+    def apart():
+        conditions = (get_abtest(cluster, namespace.name, name).get("status") or {}).get("conditions") or []
+        return next((c for c in conditions if c["type"] == "AllModelsPlaced" and c["status"] == "False"), None)
+
+    condition = cluster.wait_for(apart, 90, "AllModelsPlaced False")
+    placed, unplaced = ("resnet", "vit") if condition["message"].startswith("model vit") else ("vit", "resnet")
+    assert condition["message"].startswith(
+        f"model {unplaced} cannot be placed while {placed} wait(s) at the start barrier: unschedulable: "
+    )
+    assert "Insufficient nvidia.com/gpu" in condition["message"], condition
+    assert any(e["reason"] == "ModelUnschedulable" and e["type"] == "Warning" for e in events(cluster, namespace.name, name))
+    status = wait_phase(cluster, namespace.name, name, ("Succeeded", "Failed"), timeout=180)["status"]
+    assert status["phase"] == "Failed", status
+    # whichever gave up first (the operator's timer or the waiting evaluator's), the reason names the cause
+    assert f"model {unplaced} could not be placed" in status["reason"] and "Insufficient nvidia.com/gpu" in status["reason"], status
+
+    # the GPUs are given back: no model pod is left running or pending
+    def holding():
+        pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace.name, "-l", "abtest.dev/role=model", "-o", "json").stdout)["items"]
+        return [p["metadata"]["name"] for p in pods if p["status"].get("phase") in ("Pending", "Running")]
+
+    cluster.wait_for(lambda: not holding(), 60, "the model pods to go")
+    assert not any(j["metadata"]["labels"]["abtest.dev/role"] == "analysis" for j in jobs(cluster, namespace.name))
 
 
 def test_finished_abtest_stays_finished_when_its_jobs_are_deleted(cluster, namespace, operator):

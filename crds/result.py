@@ -58,6 +58,7 @@ def status_result(result: dict) -> dict:
         ],
         "omnibus": None if not omnibus else {"test": "cochrans_q", "statistic": omnibus["statistic"], "pValue": omnibus["p_value"]},
         "warnings": result["warnings"],
+        **({"concurrency": status_concurrency(result["concurrency"])} if result.get("concurrency") else {}),
         **(
             {
                 "stoppedEarly": result["sequential"]["stopped_early"],
@@ -68,6 +69,11 @@ def status_result(result: dict) -> dict:
             else {}
         ),
     }
+
+
+def status_concurrency(block: dict) -> dict:
+    """Whether the models' timed loops ran together (result.json's ``concurrency``, without the per-model windows)."""
+    return {"concurrent": block["concurrent"], "startSkewSeconds": block["start_skew_seconds"], "overlap": block["overlap"]}
 
 
 def status_sequential(result: dict) -> dict:

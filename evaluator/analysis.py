@@ -25,7 +25,7 @@ from abtest_api.constants import (
 )
 from abtest_api.errors import UserError
 from abtest_api.result import P_FLOOR, format_p
-from abtest_evaluator import report, results, sequential, stats
+from abtest_evaluator import concurrency, report, results, sequential, stats
 from abtest_evaluator.results import ModelData, load_model_dirs, load_models, model_dirs
 
 
@@ -342,6 +342,7 @@ def compare_models(
         c["decision"] = decide(c, hypothesis, alpha)
     omnibus = stats.cochran_q(np.column_stack([m.correct for m in models]), alpha) if len(models) >= 3 else None
     summaries = {m.name: model_summary(m) for m in models}
+    together = concurrency.block(models)
     methods = sorted({c["method"] for c in comparisons})
     method_names = {"exact": "exact binomial", "midp": "mid-p", "chi2": "chi-square with continuity correction"}
     result = {
@@ -365,7 +366,8 @@ def compare_models(
         "comparisons": comparisons,
         "omnibus": omnibus,
         "winner": pick_winner(names, comparisons),
-        "warnings": collect_warnings(models) + power_warnings(comparisons, alpha),
+        "concurrency": together,
+        "warnings": collect_warnings(models) + concurrency.warnings(together) + power_warnings(comparisons, alpha),
         "notes": pareto_notes(comparisons) + class_notes(comparisons, (models[0].metrics.get("dataset") or {}).get("classes")),
     }
     if look:

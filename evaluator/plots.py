@@ -200,6 +200,43 @@ def reliability(metrics: dict[str, dict]) -> str:
     return with_legend(ax, body, entries, "reliability diagram", dashed=("perfect calibration",))
 
 
+# The timeline's segments: preparing (loading the model and the data, warming up), waiting at the start barrier, timing.
+PHASE_COLORS = {"prepare": "#cbd5e1", "wait at the barrier": "#f59e0b", "timed loop": "#2563eb"}
+
+
+def window_label(w: dict) -> str:
+    return w["model"] if w["shard"] is None else f"{w['model']} {w['shard']}"
+
+
+def window_segments(w: dict) -> list[tuple[str, float, float]]:
+    """(phase, start, end) in epoch seconds; without ``ready_at`` (older metrics) preparing runs up to the loop."""
+    loop = w["loop_started_at"]
+    ready = loop if w["ready_at"] is None else w["ready_at"]
+    started = ready if w["started_at"] is None else w["started_at"]
+    parts = [("prepare", started, ready), ("wait at the barrier", ready, loop), ("timed loop", loop, w["finished_at"])]
+    return [(phase, a, b) for phase, a, b in parts if b > a]
+
+
+def timeline(windows: list[dict]) -> str:
+    """One bar per evaluator process (each model, each shard): its preparation, its wait at the start barrier and its
+    timed loop, in seconds since the first one started."""
+    origin = min(a for w in windows for _, a, _ in window_segments(w))
+    end = max(w["finished_at"] for w in windows) - origin
+    left = 20 + 6.5 * max(len(window_label(w)) for w in windows)
+    ax = Axes((0, end * 1.02 or 1.0), (len(windows) - 0.5, -0.5), left=left, width=440, height=28 * len(windows))
+    body = ax.frame("seconds since the first evaluator started", "", yticks=[])
+    for i, w in enumerate(windows):
+        y, label = ax.y(i), escape(window_label(w))
+        body += f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{label}</text>'
+        for phase, a, b in window_segments(w):
+            x0, x1 = ax.x(a - origin), ax.x(b - origin)
+            body += (
+                f'<rect x="{x0:.2f}" y="{y - 9:.1f}" width="{x1 - x0:.2f}" height="18" fill="{PHASE_COLORS[phase]}">'
+                f"<title>{label}: {phase} {a - origin:.2f} s to {b - origin:.2f} s</title></rect>"
+            )
+    return with_legend(ax, body, list(PHASE_COLORS.items()), "timed loops of the models")
+
+
 def metric_figures(metrics: dict[str, dict]) -> dict[str, str]:
     """The report's figures that need only each model's metrics.json, by section title."""
     return {

@@ -138,6 +138,25 @@ def _sequential(result: dict) -> str:
     )
 
 
+def together_text(result: dict) -> str:
+    """The header's word on concurrency: whether the timed loops ran together, and their start skew."""
+    block = result.get("concurrency")
+    if not block:
+        return ""
+    said = "yes" if block["concurrent"] else "no"
+    return f" · timed loops together: {said} (start skew {block['start_skew_seconds']:.2f} s, overlap {block['overlap'] * 100:.0f}%)"
+
+
+def _timeline(result: dict) -> str:
+    block = result.get("concurrency")
+    if not block:
+        return ""
+    return (
+        "<h2>Did the models run together?</h2><p>Each evaluator's preparation, wait at the start barrier and timed loop. "
+        "Latency, throughput and GPU figures compare only when the timed loops ran at the same time.</p>" + plots.timeline(block["windows"])
+    )
+
+
 def skipped_text(result: dict) -> str:
     return f" ({result['skipped']} unreadable samples skipped by every model)" if result.get("skipped") else ""
 
@@ -154,13 +173,14 @@ def render(result: dict, metrics: dict[str, dict]) -> str:
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>A/B test report</title><style>{CSS}</style></head><body>
 <h1>A/B test report</h1>
-<p class="muted">{result["n"]} samples{skipped_text(result)} · fingerprint {html.escape(str(result["fingerprint"])[:16])}… · α = {result["alpha"]:g} · {html.escape(result["method"])} · intervals: {html.escape(result["ci_method"])}</p>
+<p class="muted">{result["n"]} samples{skipped_text(result)} · fingerprint {html.escape(str(result["fingerprint"])[:16])}… · α = {result["alpha"]:g} · {html.escape(result["method"])} · intervals: {html.escape(result["ci_method"])}{together_text(result)}</p>
 <div class="verdict {"win" if winner else "tie"}">{html.escape(result["verdict"])}</div>
 {alerts}
 <h2>Summary</h2>{_summary(result)}
 {omnibus}
 <h2>Paired comparisons</h2>{_comparisons(result)}
 {_sequential(result)}
+{_timeline(result)}
 {"".join(f"<h2>{title}</h2>{figure}" for title, figure in plots.metric_figures(metrics).items())}
 </body></html>
 """

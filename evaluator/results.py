@@ -139,9 +139,14 @@ def read_predictions(model_dir: Path, columns: tuple[str, ...] = PREDICTION_COLU
 
 def read_metrics(model_dir: Path) -> dict:
     """metrics.json, or the shards' metrics merged into the figures of one run over every sample."""
-    if not (model_dir / METRICS).is_file() and (shards := shard_files(model_dir, "metrics", ".json")):
-        return merge_shards([_read_json(p) for p in shards])
+    if not (model_dir / METRICS).is_file() and (parts := shard_metrics(model_dir)):
+        return merge_shards(parts)
     return _read_json(model_dir / METRICS)
+
+
+def shard_metrics(model_dir: Path) -> list[dict]:
+    """Each shard's own metrics-IIIII-of-NNNNN.json, unmerged, in shard order (each pod's times are its own)."""
+    return [_read_json(p) for p in shard_files(model_dir, "metrics", ".json")]
 
 
 def merge_shards(parts: list[dict]) -> dict:
@@ -213,6 +218,7 @@ class ModelData:
     labels: np.ndarray
     correct: np.ndarray  # bool per sample, in index order
     confidence: np.ndarray
+    folder: Path | None = None  # where its files are (None when built in memory): the concurrency block reads shards there
 
 
 def model_dirs(root: Path, models: list[str] | None = None) -> list[Path]:
@@ -257,7 +263,7 @@ def load_model(model_dir: Path) -> ModelData:
         raise UserError(
             f"{model_dir.name}: metrics.json says n={metrics.get('n')} but predictions hold {len(labels)} rows; re-run that model"
         )
-    return ModelData(model_name(model_dir, metrics), metrics, labels, correct, confidence)
+    return ModelData(model_name(model_dir, metrics), metrics, labels, correct, confidence, model_dir)
 
 
 def _read_columns(model_dir: Path, files: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -252,6 +252,8 @@ def test_run_two_models_end_to_end(tmp_path, trained_models):
     assert m["resnet"]["seed"] == m["vit"]["seed"] == 42 and m["resnet"]["fingerprint"] == m["vit"]["fingerprint"]
     # in parallel: the two evaluations overlapped in time
     assert max(x["started_at"] for x in m.values()) < min(x["finished_at"] for x in m.values())
+    together = result["concurrency"]  # the start barrier: the timed loops started together
+    assert together["concurrent"] and together["barrier"] and [w["model"] for w in together["windows"]] == ["resnet", "vit"]
     assert not list(tmp_path.glob(".out.staging-*"))
 
 
@@ -265,6 +267,8 @@ def test_run_with_fewer_gpus_than_models_queues_them_one_per_gpu(tmp_path, train
     assert first["finished_at"] <= second["started_at"]  # one after the other
     assert "2 models on 1 GPU(s): 1 at a time, one per GPU, the others queued" in capsys.readouterr().err
     assert result["n"] == 360
+    assert result["concurrency"]["concurrent"] is False and result["concurrency"]["overlap"] == 0
+    assert any(w.startswith("the models' timed loops did not run together") for w in result["warnings"])
 
 
 def test_run_three_models_uses_cochran_and_holm(tmp_path, trained_models):

@@ -108,3 +108,28 @@ def test_each_latency_box_spans_the_quartiles_with_its_median_marked(metrics):
         p25, p75 = np.percentile(m["latency"]["batches_ms"], [25, 75])
         assert float(box.get("x")) == pytest.approx(left + (p25 - x0) / (x1 - x0) * width, abs=0.06)
         assert float(box.get("width")) == pytest.approx((p75 - p25) / (x1 - x0) * width, abs=0.11)
+
+
+def test_each_timeline_segment_spans_its_phase():
+    """prepare (started -> ready), wait at the barrier (ready -> loop), timed loop (loop -> finished), in seconds since the
+    first start; without ready_at the preparation runs up to the loop and there is no wait."""
+    windows = [
+        {"model": "resnet", "shard": None, "started_at": 100.0, "ready_at": 104.0, "loop_started_at": 110.0, "finished_at": 150.0},
+        {"model": "<vit>", "shard": "1/2", "started_at": 102.0, "ready_at": None, "loop_started_at": 110.5, "finished_at": 140.0},
+    ]
+    root = ET.fromstring(plots.timeline(windows))
+    frame = next(r for r in root.iter(SVG + "rect") if r.get("fill") == "none")
+    scale = float(frame.get("width")) / (50 * 1.02)  # px per second: the axis runs to 2% past the last end
+    segments = {
+        r.find(SVG + "title").text: float(r.get("width")) / scale for r in root.iter(SVG + "rect") if r.find(SVG + "title") is not None
+    }
+    assert segments == pytest.approx(
+        {
+            "resnet: prepare 0.00 s to 4.00 s": 4,
+            "resnet: wait at the barrier 4.00 s to 10.00 s": 6,
+            "resnet: timed loop 10.00 s to 50.00 s": 40,
+            "<vit> 1/2: prepare 2.00 s to 10.50 s": 8.5,
+            "<vit> 1/2: timed loop 10.50 s to 40.00 s": 29.5,
+        },
+        abs=0.01,
+    )

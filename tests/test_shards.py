@@ -55,6 +55,7 @@ def test_merged_shards_equal_the_unsharded_run(tmp_path, trained_models):
     a, b = read_json(whole / "result.json"), read_json(sharded / "result.json")
     assert [(c["n10"], c["n01"], c["p_value"]) for c in a["comparisons"]] == [(c["n10"], c["n01"], c["p_value"]) for c in b["comparisons"]]
     assert a["verdict"] == b["verdict"]
+    assert [(w["model"], w["shard"]) for w in b["concurrency"]["windows"]] == [(m, f"{i}/3") for m in MODELS for i in range(3)]
 
 
 def test_a_missing_shard_is_named(tmp_path, trained_models):

@@ -45,6 +45,24 @@ class OperatorMetrics:
             ["abtest", "namespace", "model"],
             registry=r,
         )
+        self.start_skew = Gauge(
+            "abtest_result_start_skew_seconds",
+            "Seconds between the first and the last timed loop's start among the models (and shards) of a finished ABTest.",
+            ["abtest", "namespace"],
+            registry=r,
+        )
+        self.loop_overlap = Gauge(
+            "abtest_result_loop_overlap_ratio",
+            "The time all timed loops of a finished ABTest shared, as a fraction of the longest one.",
+            ["abtest", "namespace"],
+            registry=r,
+        )
+        self.concurrent = Gauge(
+            "abtest_result_concurrent",
+            "1 when the timed loops of a finished ABTest ran together (efficiency figures comparable), else 0.",
+            ["abtest", "namespace"],
+            registry=r,
+        )
         self.sequential_z = Gauge(
             "abtest_sequential_z",
             "z of the discordant pairs of each pair at the latest look of a sequential ABTest (positive: A ahead).",
@@ -110,6 +128,10 @@ class OperatorMetrics:
             self.significant.labels(name, namespace, c["a"], c["b"]).set(1 if c["significant"] else 0)
         if result.get("winner"):
             self.winner.labels(name, namespace, result["winner"]).set(1)
+        if together := result.get("concurrency"):
+            self.start_skew.labels(name, namespace).set(together["startSkewSeconds"])
+            self.loop_overlap.labels(name, namespace).set(together["overlap"])
+            self.concurrent.labels(name, namespace).set(1 if together["concurrent"] else 0)
         if sequential:
             self.sequential_look.labels(name, namespace).set(sequential["look"])
             self.sequential_boundary.labels(name, namespace).set(sequential["boundary"])
@@ -125,6 +147,9 @@ class OperatorMetrics:
             self.p_value,
             self.significant,
             self.winner,
+            self.start_skew,
+            self.loop_overlap,
+            self.concurrent,
             self.phase_info,
             self.sequential_z,
             self.sequential_boundary,

@@ -72,6 +72,8 @@ def test_two_model_example_succeeds_with_the_right_p_value(cluster, namespace):
     # the timed loops started together: each waited at the start barrier for the other
     assert abs(metrics[0]["loop_started_at"] - metrics[1]["loop_started_at"]) < 1.0, [m["start_barrier"] for m in metrics]
     assert all(m["start_barrier"]["peers"] == ["resnet", "vit"] and m["ready_at"] <= m["loop_started_at"] for m in metrics)
+    together = status["result"]["concurrency"]
+    assert together["concurrent"] is True and together["startSkewSeconds"] < 1.0, together
     assert metrics[0]["image"] == metrics[1]["image"] == containers[0]["image"] == status["image"]
     # the per-model status carries the results once the analysis has run
     assert {m["name"]: m["phase"] for m in status["models"]} == {"resnet": "Succeeded", "vit": "Succeeded"}

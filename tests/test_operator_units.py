@@ -447,6 +447,13 @@ def test_a_model_that_cannot_be_placed_beside_its_waiting_peers_fails_after_the_
     failed = status.derive_status(spec, 1, {"resnet": waiting, "vit": stuck}, job("Missing"), previous=first, now=NOW.replace(second=30))
     assert failed["phase"] == "Failed"
     assert failed["reason"] == f"model vit could not be placed beside its waiting peers for 30s (spec.startTimeoutSeconds 30): {cause}"
+    # resnet gave up waiting (exit 2) and its pod's end let vit be placed: the reason still says why they were apart
+    gave_up = job("Failed", "PodFailurePolicy", "start barrier: vit not ready after 30 s")
+    apart = status.derive_status(spec, 1, {"resnet": gave_up, "vit": waiting}, job("Missing"), previous=first, now=NOW)
+    assert apart["reason"] == (
+        f"model resnet failed: PodFailurePolicy: start barrier: vit not ready after 30 s; model vit cannot be placed while resnet "
+        f"wait(s) at the start barrier: {cause}"
+    )
     # both placed: True; nobody placed yet (both unschedulable): no peer holds anything, so only the stall rule applies
     both = status.derive_status(spec, 1, {"resnet": waiting, "vit": waiting}, job("Missing"), previous=first, now=NOW)
     assert {c["type"]: c["status"] for c in both["conditions"]}["AllModelsPlaced"] == "True"

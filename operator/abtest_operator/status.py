@@ -134,11 +134,11 @@ def derive_status(
     failed = [(name, s) for name, s in model_jobs.items() if s.phase == "Failed"]
     done = all(s.phase == "Succeeded" for s in model_jobs.values())
     reason = ""
+    old = {c["type"]: c for c in previous.get("conditions") or []}
     if failed:
         name, s = failed[0]
         phase, reason = FAILED, f"model {name} failed: " + ": ".join(x for x in (s.reason, s.message) if x)
-        for other, cause in unplaced(model_jobs):  # a peer that gave up waiting at the start barrier: say why it waited
-            reason += f"; model {other} could not be placed: {cause}"
+        reason += why_apart(model_jobs, old)
     elif analysis.phase == "Failed":
         phase, reason = FAILED, "analysis failed: " + ": ".join(x for x in (analysis.reason, analysis.message) if x)
     elif analysis.phase == "Succeeded":
@@ -150,7 +150,6 @@ def derive_status(
     else:
         phase = PENDING
 
-    old = {c["type"]: c for c in previous.get("conditions") or []}
     stalled = [(name, s.stall) for name, s in model_jobs.items() if s.stall and s.phase in ("Pending", "Running", "Missing")]
     stall_message = "; ".join(f"model {name}: {cause}" for name, cause in stalled)
     stalled_condition = _condition(
@@ -252,6 +251,20 @@ def unplaced(model_jobs: dict[str, JobState]) -> list[tuple[str, str]]:
     return [(name, s.stall) for name, s in model_jobs.items() if s.stall.startswith(UNSCHEDULABLE) and s.phase in ("Pending", "Running")]
 
 
+PLACEMENT_DEADLINE = "; the ABTest fails after spec.startTimeoutSeconds"
+
+
+def why_apart(model_jobs: dict[str, JobState], old: dict) -> str:
+    """For a model that failed: why its peers were apart, if they were (a model that gave up waiting at the start
+    barrier for a peer the scheduler could not place). A peer placed since (the failed pod freed its GPUs) is still
+    named, from the AllModelsPlaced condition the status carries."""
+    blocked = unplaced(model_jobs)
+    if blocked:
+        return "".join(f"; model {name} could not be placed: {cause}" for name, cause in blocked)
+    was = old.get("AllModelsPlaced") or {}
+    return "; " + was["message"].split(PLACEMENT_DEADLINE)[0] if was.get("status") == "False" else ""
+
+
 def _together(spec: ABTestSpec, model_jobs: dict[str, JobState], phase: str, old: dict, stamp: str, generation: int) -> dict:
     """``AllModelsPlaced``: False while a model cannot be placed and others already run (they wait at the start barrier,
     holding their GPUs: the ABTest fails after spec.startTimeoutSeconds rather than hold them forever), True once every
@@ -262,7 +275,7 @@ def _together(spec: ABTestSpec, model_jobs: dict[str, JobState], phase: str, old
         message = "; ".join(
             f"model {name} cannot be placed while {', '.join(waiting)} wait(s) at the start barrier: {cause}" for name, cause in blocked
         )
-        message += f"; the ABTest fails after spec.startTimeoutSeconds ({spec.start_timeout_seconds}s) unless it is placed"
+        message += f"{PLACEMENT_DEADLINE} ({spec.start_timeout_seconds}s) unless it is placed"
         return _condition("AllModelsPlaced", False, "ModelUnschedulable", message, old, stamp, generation)
     if all(s.ready or s.phase == "Succeeded" for s in model_jobs.values()) or phase == SUCCEEDED:
         return _condition("AllModelsPlaced", True, "Placed", "every model's pod was placed", old, stamp, generation)

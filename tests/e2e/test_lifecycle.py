@@ -263,7 +263,9 @@ def test_models_the_node_cannot_place_together_fail_the_abtest_naming_the_model_
     status = wait_phase(cluster, namespace.name, name, ("Succeeded", "Failed"), timeout=180)["status"]
     assert status["phase"] == "Failed", status
     # whichever gave up first (the operator's timer or the waiting evaluator's), the reason names the cause
-    assert f"model {unplaced} could not be placed" in status["reason"] and "Insufficient nvidia.com/gpu" in status["reason"], status
+    # (the evaluator's frees its GPUs as it fails, so the peer may be placed a moment later: the condition still named it)
+    named = (f"model {unplaced} could not be placed", f"model {unplaced} cannot be placed while {placed} wait")
+    assert any(n in status["reason"] for n in named) and "Insufficient nvidia.com/gpu" in status["reason"], status["reason"]
 
     # the GPUs are given back: no model pod is left running or pending
     def holding():

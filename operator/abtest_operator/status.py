@@ -279,6 +279,11 @@ def _together(spec: ABTestSpec, model_jobs: dict[str, JobState], phase: str, old
         return _condition("AllModelsPlaced", False, "ModelUnschedulable", message, old, stamp, generation)
     if all(s.ready or s.phase == "Succeeded" for s in model_jobs.values()) or phase == SUCCEEDED:
         return _condition("AllModelsPlaced", True, "Placed", "every model's pod was placed", old, stamp, generation)
+    was = old.get("AllModelsPlaced") or {}
+    if was.get("status") == "False":
+        # False until every model is placed: a peer that gave up waiting frees its GPUs, the blocked model is placed a
+        # moment before that peer's Job is seen Failed, and the failure's reason still has to name why they were apart
+        return {**was, "observedGeneration": generation}
     return _condition("AllModelsPlaced", None, "Waiting", "waiting for the model pods to be placed", old, stamp, generation)
 
 

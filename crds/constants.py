@@ -8,6 +8,7 @@ PHASES = (PENDING, RUNNING, ANALYZING, SUCCEEDED, FAILED)
 TERMINAL_PHASES = (SUCCEEDED, FAILED)
 
 LABEL_NAME, LABEL_MODEL, LABEL_ROLE = f"{GROUP}/name", f"{GROUP}/model", f"{GROUP}/role"
+LABEL_UID = f"{GROUP}/uid"  # on Jobs the ABTest does not own itself (a JobSet's): which ABTest they are for
 ANALYSIS = "analysis"  # the analysis Job's role and name suffix; reserved as a model name (CEL rule)
 
 # Per model folder: predictions (or its shards) and metrics; per ABTest folder: the verdict and the report.

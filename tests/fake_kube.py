@@ -42,6 +42,7 @@ class FakeCluster:
         self.core = _Api(self, "core")
         self.rbac = _Api(self, "rbac")
         self.custom = _Api(self, "custom")
+        self.custom_plurals = {"abtests", "jobsets"}  # the custom resources the API server serves
 
     def _call(self, method: str) -> None:
         self.calls[method] += 1
@@ -84,6 +85,32 @@ class FakeCluster:
                 for key, value in entry.items():
                     built[kind].setdefault(key, []).append(value)
         return Observed(jobs=built["Job"], pods=built["Pod"], abtests=built["ABTest"])
+
+    def run_jobset_controller(self) -> list[dict]:
+        """Play the JobSet controller: each JobSet's Jobs (<jobset>-<replicatedJob>-0), suspended as their JobSet is."""
+        made = []
+        for jobset in self.of_kind("JobSet"):
+            meta = jobset["metadata"]
+            for rjob in jobset["spec"]["replicatedJobs"]:
+                name = f"{meta['name']}-{rjob['name']}-0"
+                if ("Job", meta["namespace"], name) not in self.objects:
+                    template = copy.deepcopy(rjob["template"])
+                    owner = {
+                        "apiVersion": "jobset.x-k8s.io/v1alpha2",
+                        "kind": "JobSet",
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                        "controller": True,
+                    }
+                    job = {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "metadata": {**template["metadata"], "name": name, "namespace": meta["namespace"], "ownerReferences": [owner]},
+                        "spec": {**template["spec"], "suspend": jobset["spec"].get("suspend", False)},
+                        "status": {},
+                    }
+                    made.append(self.add("Job", job))
+        return made
 
     def set_job_status(self, name: str, namespace: str, status: dict) -> None:
         """Play the Job controller (a write: a new resourceVersion, as the API server gives it)."""
@@ -158,9 +185,26 @@ class _Api:
     def _create_namespaced_role_binding(self, namespace, body):
         return self._c.create("RoleBinding", namespace, body)
 
-    # custom objects (the ABTests)
+    # custom objects: the ABTests, and the JobSets of queued ones
+    KINDS = {"abtests": "ABTest", "jobsets": "JobSet"}
+
     def _get_namespaced_custom_object(self, group, version, namespace, plural, name):
-        return copy.deepcopy(self._c.read("ABTest", namespace, name))
+        return copy.deepcopy(self._c.read(self.KINDS[plural], namespace, name))
+
+    def _create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        if plural not in self._c.custom_plurals:
+            raise ApiException(status=404, reason="NotFound")  # the API server serves no such resource
+        return copy.deepcopy(self._c.create(self.KINDS[plural], namespace, body))
+
+    def _delete_namespaced_custom_object(self, group, version, namespace, plural, name, propagation_policy=None):
+        self._c.read(self.KINDS[plural], namespace, name)
+        del self._c.objects[(self.KINDS[plural], namespace, name)]
+        for key, job in list(self._c.objects.items()):  # garbage collection of its Jobs
+            if key[0] == "Job" and any(
+                ref.get("name") == name and ref["kind"] == "JobSet" for ref in job["metadata"].get("ownerReferences", [])
+            ):
+                del self._c.objects[key]
+        return {"kind": "Status", "status": "Success"}
 
     def _patch_namespaced_custom_object_status(self, group, version, namespace, plural, name, body):
         abtest = self._c.read("ABTest", namespace, name)

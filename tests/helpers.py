@@ -74,6 +74,7 @@ INVALID_SPECS = {
     "unknown spending": lambda s: s.update(analysis={"sequential": {"looks": 3, "spending": "haybittle"}}),
     "sharded sequential": lambda s: s.update(shardsPerModel=2, analysis={"sequential": {"looks": 3}}),
     "65 shards": lambda s: s.update(shardsPerModel=65),
+    "9 queued models": lambda s: s.update(queueName="team-gpus", models=[dict(s["models"][0], name=f"m{i}") for i in range(9)]),
     "sequential non-inferiority": lambda s: s.update(analysis={"hypothesis": "noninferiority", "margin": 0.01, "sequential": {"looks": 3}}),
 }
 

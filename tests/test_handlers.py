@@ -24,7 +24,7 @@ import kopf
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from abtest_api.constants import LABEL_NAME
+from abtest_api.constants import LABEL_NAME, LABEL_UID
 from abtest_operator import handlers
 from abtest_operator.metrics import OperatorMetrics
 from abtest_operator.settings import OperatorConfig
@@ -355,14 +355,62 @@ def test_a_job_without_a_pod_is_asked_why_only_after_the_grace_period(memo, clus
     )
 
 
-def test_jobs_queued_for_kueue_are_created_suspended_and_are_not_stalls(memo, cluster):
+def test_a_queued_abtest_is_one_suspended_jobset_whose_waiting_jobs_are_not_stalls(memo, cluster):
+    """spec.queueName: the models become one JobSet for Kueue to admit as one workload (all or none); its controller's
+    Jobs are the ABTest's model Jobs, a pass before they exist creates no second JobSet, and queued ones are no stall."""
     abtest = apply_abtest(cluster, lambda m: m["spec"].update(queueName="team-queue"))
     reconcile(memo, cluster, abtest)
+    reconcile(memo, cluster, abtest)  # before the JobSet controller made its Jobs: "already exists", and ours
+    (jobset,) = cluster.of_kind("JobSet")
+    assert not cluster.of_kind("Job") and cluster.calls["create_namespaced_custom_object"] == 2
+    assert jobset["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-queue" and jobset["spec"]["suspend"] is True
+    assert jobset["metadata"]["ownerReferences"][0]["uid"] == abtest["metadata"]["uid"]
+    assert [r["name"] for r in jobset["spec"]["replicatedJobs"]] == ["resnet", "vit"]
+    assert all(
+        r["replicas"] == 1 and r["template"]["metadata"]["labels"][LABEL_UID] == abtest["metadata"]["uid"]
+        for r in jobset["spec"]["replicatedJobs"]
+    )
+    cluster.run_jobset_controller()
     assert all(j["spec"]["suspend"] is True for j in cluster.of_kind("Job"))
+    reconcile(memo, cluster, abtest)  # the Jobs' ADDED events
     calls = dict(cluster.calls)
     later = datetime.now(UTC) + timedelta(hours=1)
     new = handlers.reconcile(memo, copy.deepcopy(cluster.get("ABTest", NS, abtest["metadata"]["name"])), cluster.seen(), now=later)
     assert new["phase"] == "Pending" and dict(cluster.calls) == calls  # waiting in the queue: nothing asked, nothing written
+    assert [m["job"] for m in new["models"]] == ["digits-resnet-vs-vit-resnet-0", "digits-resnet-vs-vit-vit-0"]
+    assert not any(c["type"] == "Stalled" and c["status"] == "True" for c in new["conditions"])
+
+
+def test_a_failed_model_of_a_queued_abtest_deletes_its_jobset_so_kueue_frees_the_quota(memo, cluster):
+    """Kueue resumes a suspended JobSet it admitted, so a finished ABTest's unfinished models stop by the JobSet's deletion."""
+    abtest = apply_abtest(cluster, lambda m: m["spec"].update(queueName="team-queue"))
+    reconcile(memo, cluster, abtest)
+    cluster.run_jobset_controller()
+    for job in cluster.of_kind("Job"):
+        job["spec"]["suspend"] = False
+    cluster.set_job_status("digits-resnet-vs-vit-resnet-0", NS, {"active": 1, "startTime": "2026-11-27T12:01:00Z"})
+    failed = [
+        {
+            "type": "Failed",
+            "status": "True",
+            "reason": "PodFailurePolicy",
+            "message": "exit 2",
+            "lastTransitionTime": "2026-11-27T12:02:00Z",
+        }
+    ]
+    cluster.set_job_status("digits-resnet-vs-vit-vit-0", NS, {"failed": 1, "startTime": "2026-11-27T12:01:00Z", "conditions": failed})
+    new = reconcile(memo, cluster, abtest)
+    assert new["phase"] == "Failed" and new["reason"].startswith("model vit failed: PodFailurePolicy"), new["reason"]
+    assert not cluster.of_kind("JobSet") and cluster.calls["delete_namespaced_custom_object"] == 1
+
+
+def test_a_queued_abtest_in_a_cluster_without_jobset_fails_saying_what_to_install(memo, cluster):
+    cluster.custom_plurals.discard("jobsets")
+    abtest = apply_abtest(cluster, lambda m: m["spec"].update(queueName="team-queue"))
+    with pytest.raises(kopf.PermanentError):
+        reconcile(memo, cluster, abtest)
+    stored = cluster.get("ABTest", NS, abtest["metadata"]["name"])["status"]
+    assert stored["phase"] == "Failed" and stored["reason"].startswith("spec.queueName needs JobSet (jobset.x-k8s.io) and Kueue"), stored
 
 
 def test_a_whole_lifecycle_costs_the_operator_few_requests(memo, cluster):
@@ -577,7 +625,8 @@ def test_a_job_event_that_changes_nothing_a_pass_reads_starts_no_pass(memo, clus
     that finds nothing new; a change in what a pass reads (admitted, a pod ready, finished) or a deletion starts one."""
     abtest = apply_abtest(cluster, lambda m: m["spec"].update(queueName="team-queue"))
     handlers.abtest_changed(event={"type": "ADDED"}, body=kopf.Body(copy.deepcopy(abtest)), memo=memo, **indexes(cluster))
-    name = "digits-resnet-vs-vit-vit"
+    cluster.run_jobset_controller()
+    name = "digits-resnet-vs-vit-vit-0"
 
     def job_event(kind: str, job_status: dict | None = None, suspend: bool | None = None) -> float:
         job = cluster.get("Job", NS, name)
@@ -587,7 +636,7 @@ def test_a_job_event_that_changes_nothing_a_pass_reads_starts_no_pass(memo, clus
         handlers.job_changed(event={"type": kind}, body=kopf.Body(copy.deepcopy(job)), namespace=NS, memo=memo, **indexes(cluster))
         return memo.metrics.reconciles.labels(NS)._value.get()
 
-    created = copy.deepcopy(cluster.get("Job", NS, name))  # its ADDED event: our own create, coming back
+    created = copy.deepcopy(cluster.get("Job", NS, name))  # its ADDED event: the JobSet controller's create
     handlers.job_changed(event={"type": "ADDED"}, body=kopf.Body(created), namespace=NS, memo=memo, **indexes(cluster))
     passes = memo.metrics.reconciles.labels(NS)._value.get()
     suspended = {"conditions": [{"type": "Suspended", "status": "True", "lastTransitionTime": "2026-11-27T12:00:01Z"}]}
@@ -599,8 +648,9 @@ def test_a_job_event_that_changes_nothing_a_pass_reads_starts_no_pass(memo, clus
     job = copy.deepcopy(cluster.get("Job", NS, name))
     del cluster.objects[("Job", NS, name)]
     handlers.job_changed(event={"type": "DELETED"}, body=kopf.Body(job), namespace=NS, memo=memo, **indexes(cluster))
-    assert memo.metrics.reconciles.labels(NS)._value.get() == passes + 4  # a deletion is always news: re-created
-    assert ("Job", NS, name) in cluster.objects and cluster.calls["create_namespaced_job"] == 3
+    assert memo.metrics.reconciles.labels(NS)._value.get() == passes + 4  # a deletion is always news
+    # the pass makes sure the JobSet exists (its controller re-creates the Job): one JobSet, still
+    assert cluster.calls["create_namespaced_custom_object"] == 2 and len(cluster.of_kind("JobSet")) == 1
 
 
 YIELD = asyncio.sleep  # the real one, for the virtual clock's sleep to hand the loop on

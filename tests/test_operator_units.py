@@ -89,7 +89,6 @@ def test_cpu_device_requests_no_gpu_and_parity_fields_apply_to_all():
         device="cpu",
         nodeSelector={"pool": "a100"},
         tolerations=[{"key": "gpu", "operator": "Exists"}],
-        queueName="team-queue",
         activeDeadlineSeconds=600,
         resources={"limits": {"cpu": 2, "memory": "4Gi"}},
     )
@@ -99,7 +98,7 @@ def test_cpu_device_requests_no_gpu_and_parity_fields_apply_to_all():
         assert "nvidia.com/gpu" not in pod["containers"][0]["resources"].get("limits", {})
         assert pod["containers"][0]["resources"]["limits"]["cpu"] == "2"
         assert pod["nodeSelector"] == {"pool": "a100"} and pod["tolerations"][0]["key"] == "gpu"
-        assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-queue" and job["spec"]["suspend"] is True
+        assert "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"] and "suspend" not in job["spec"]
         assert job["spec"]["activeDeadlineSeconds"] == 600
 
 
@@ -284,7 +283,19 @@ LOCAL_MESSAGES = {
     "sequential non-inferiority": "spec.analysis.sequential decides superiority only",
     "sharded sequential": "spec.shardsPerModel above 1 cannot be combined with spec.analysis.sequential",
     "65 shards": "spec.shardsPerModel",
+    "9 queued models": "spec.queueName admits the models as one Kueue workload, which holds at most 8 pod sets",
 }
+
+
+def test_a_queued_model_whose_jobset_job_name_is_too_long_is_refused_naming_the_field():
+    manifest = example()
+    manifest["metadata"]["name"] = "n" * 50
+    manifest["spec"].update(queueName="team-gpus")
+    manifest["spec"]["models"][1]["name"] = "a-rather-long-model-name"
+    spec = parse_abtest(manifest)
+    with pytest.raises(UserError, match=r"spec.models\[1\].name 'a-rather-long-model-name': with spec.queueName its Job is the JobSet's"):
+        policy.check(spec, CFG)
+    policy.check(parse_abtest(example()), CFG)
 
 
 def test_long_names_are_rejected_locally():

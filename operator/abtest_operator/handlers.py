@@ -107,7 +107,9 @@ def create_if_missing(create, namespace: str, body: dict, read=None):
         if err.status != 409:
             raise
     if read is not None:
-        owners = {ref.uid for ref in read(body["metadata"]["name"], namespace).metadata.owner_references or []}
+        existing = read(body["metadata"]["name"], namespace)
+        refs = existing["metadata"].get("ownerReferences") if isinstance(existing, dict) else existing.metadata.owner_references
+        owners = {ref["uid"] if isinstance(ref, dict) else ref.uid for ref in refs or []}
         mine = {ref["uid"] for ref in body["metadata"].get("ownerReferences", [])}
         if not owners & mine:
             raise NameConflict(
@@ -197,9 +199,13 @@ def apply_wanted(
         if claim and (spec.namespace, claim["metadata"]["name"]) not in claims:
             create_if_missing(clients.core.create_namespaced_persistent_volume_claim, spec.namespace, claim)
             claims.add((spec.namespace, claim["metadata"]["name"]))
-        for job in manifests.model_jobs(spec, cfg):
-            if job["metadata"]["labels"][LABEL_MODEL] in missing:
-                create_job(job)
+        if spec.queue_name:  # one JobSet: its controller creates the model Jobs (again, should one be deleted)
+            if create_jobset(clients, manifests.build_jobset(spec, cfg)):
+                created.append(manifests.jobset_name(spec))
+        else:
+            for job in manifests.model_jobs(spec, cfg):
+                if job["metadata"]["labels"][LABEL_MODEL] in missing:
+                    create_job(job)
     if make_analysis and analysis.phase == "Missing":
         sa, role, binding = manifests.build_analysis_rbac(spec)
         create_if_missing(clients.core.create_namespaced_service_account, spec.namespace, sa)
@@ -207,6 +213,55 @@ def apply_wanted(
         create_if_missing(clients.rbac.create_namespaced_role_binding, spec.namespace, binding)
         create_job(manifests.build_analysis_job(spec, cfg))
     return created
+
+
+JOBSET_API = (manifests.JOBSET_GROUP, manifests.JOBSET_VERSION)
+
+
+def create_jobset(clients: Clients, jobset: dict) -> dict | None:
+    """Creates the ABTest's JobSet (None when it existed); a cluster without JobSet's CRD is the user's to fix."""
+    namespace = jobset["metadata"]["namespace"]
+
+    def create(ns: str, body: dict) -> dict:
+        return clients.custom.create_namespaced_custom_object(*JOBSET_API, ns, manifests.JOBSET_PLURAL, body)
+
+    def read(name: str, ns: str) -> dict:
+        return clients.custom.get_namespaced_custom_object(*JOBSET_API, ns, manifests.JOBSET_PLURAL, name)
+
+    try:
+        return create_if_missing(create, namespace, jobset, read)
+    except ApiException as err:
+        if err.status == 404:
+            raise UserError(
+                "spec.queueName needs JobSet (jobset.x-k8s.io) and Kueue in the cluster, to admit every model or none; "
+                "install both, or leave spec.queueName unset"
+            ) from None
+        raise
+
+
+def delete_jobset(clients: Clients, namespace: str, name: str) -> None:
+    """Stops a JobSet's models: Kueue would resume a suspended one it admitted, so it is deleted (its Jobs, their pods
+    and its Kueue workload, whose quota frees, go with it); gone already is fine."""
+    try:
+        clients.custom.delete_namespaced_custom_object(
+            *JOBSET_API, namespace, manifests.JOBSET_PLURAL, name, propagation_policy="Background"
+        )
+    except ApiException as err:
+        if err.status != 404:
+            raise
+
+
+def stop_unfinished(clients: Clients, spec: ABTestSpec, models: dict[str, status.JobState], analysis: status.JobState) -> None:
+    """What a finished ABTest leaves running stops costing: the other models of a failed test, the models of a
+    sequential test that stopped early, its analysis when a model failed."""
+    running = {manifests.model_job_name(spec, name) for name, state in models.items() if state.phase in ("Pending", "Running")}
+    if running and spec.queue_name:
+        delete_jobset(clients, spec.namespace, manifests.jobset_name(spec))
+    elif running:
+        for name in sorted(running):
+            suspend_job(clients, spec.namespace, name)
+    if analysis.phase in ("Pending", "Running"):
+        suspend_job(clients, spec.namespace, manifests.analysis_job_name(spec))
 
 
 def suspend_job(clients: Clients, namespace: str, name: str) -> None:
@@ -272,7 +327,8 @@ def reconcile(
         created = [*created_before, *wanted]
         if created:  # write what now exists: the Jobs just created are Pending (saves the next pass a status write)
             pending = status.JobState("Pending", image=new["image"])
-            models = {n: pending if manifests.model_job_name(spec, n) in created else s for n, s in models.items()}
+            jobset = bool(spec.queue_name) and manifests.jobset_name(spec) in created
+            models = {n: pending if jobset or manifests.model_job_name(spec, n) in created else s for n, s in models.items()}
             analysis = pending if manifests.analysis_job_name(spec) in created else analysis
             new = status.derive_status(spec, meta.get("generation", 1), models, analysis, previous=old, now=now, default_image=cfg.image)
     except UserError as err:
@@ -293,12 +349,8 @@ def reconcile(
                 return old
             seen.written.abtest(fresh)
             return reconcile(memo, fresh, seen, now, reread=False, created_before=tuple(created))  # the Events still say it
-    if status.is_terminal(new):  # stop paying for what is left (after a crash here, job_changed does it): the other
-        # models of a failed test, the models of a sequential test that stopped early, its analysis when a model failed
-        jobs = {manifests.model_job_name(spec, name): state for name, state in models.items()}
-        for name, state in {**jobs, manifests.analysis_job_name(spec): analysis}.items():
-            if state.phase in ("Pending", "Running"):
-                suspend_job(clients, spec.namespace, name)
+    if status.is_terminal(new):  # stop paying for what is left (after a crash here, job_changed does it)
+        stop_unfinished(clients, spec, models, analysis)
     announce(memo.events, abtest, old, new, created)
     metrics.observe(spec.namespace, spec.name, {**old, **new})
     return new
@@ -421,7 +473,11 @@ def job_changed(event: dict, body: kopf.Body, namespace: str, memo: kopf.Memo, *
     if status.is_terminal(abtest.get("status")):  # leftovers of a finished ABTest stop
         job = dict(body)
         if not job["spec"].get("suspend") and status.job_state(job).phase in ("Pending", "Running"):
-            suspend_job(memo.clients, namespace, job["metadata"]["name"])
+            jobset = next((ref["name"] for ref in job["metadata"].get("ownerReferences") or [] if ref.get("kind") == "JobSet"), None)
+            if jobset:
+                delete_jobset(memo.clients, namespace, jobset)
+            else:
+                suspend_job(memo.clients, namespace, job["metadata"]["name"])
         return
     if not memo.written.echoes(body) and news:  # (the echo check first: it retires our own write's entry)
         _guarded(memo, abtest, seen)

@@ -17,6 +17,7 @@ from abtest_api.constants import (
     LABEL_MODEL,
     LABEL_NAME,
     LABEL_ROLE,
+    LABEL_UID,
     USER_ERROR_EXIT,
     WRITE_FAILURE_EXIT,
 )
@@ -39,7 +40,19 @@ def object_name(*parts: str, limit: int = 63) -> str:
     return f"{name[: limit - 9].rstrip('-')}-{digest}"
 
 
+# With spec.queueName the model Jobs are one JobSet, which Kueue admits as one workload: all models or none.
+JOBSET_GROUP, JOBSET_VERSION, JOBSET_PLURAL = "jobset.x-k8s.io", "v1alpha2", "jobsets"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+JOBSET_NAME_LIMIT = 63  # a JobSet's Job name, <jobset>-<model>-0, is a DNS label
+
+
+def jobset_name(spec: ABTestSpec) -> str:
+    return spec.name
+
+
 def model_job_name(spec: ABTestSpec, model: str) -> str:
+    if spec.queue_name:  # the JobSet controller names the Job of replicatedJob <model>, replica 0
+        return f"{jobset_name(spec)}-{model}-0"
     return object_name(spec.name, model)
 
 
@@ -120,9 +133,6 @@ def _env(spec: ABTestSpec, cfg: OperatorConfig) -> list[dict]:
 
 
 def _job(spec: ABTestSpec, name: str, role: str, pod_spec: dict, model: str | None = None, pod_annotations: dict | None = None) -> dict:
-    job_labels = labels(spec, role, model)
-    if spec.queue_name:
-        job_labels["kueue.x-k8s.io/queue-name"] = spec.queue_name
     job_spec = {
         "backoffLimit": spec.backoff_limit,
         # Evictions and preemptions are not the model's fault; a bad-input or write-failure exit is final.
@@ -140,8 +150,6 @@ def _job(spec: ABTestSpec, name: str, role: str, pod_spec: dict, model: str | No
             "spec": {"restartPolicy": "Never", **pod_spec},
         },
     }
-    if spec.queue_name:  # created suspended: Kueue admits (unsuspends) it when the queue has quota
-        job_spec["suspend"] = True
     if spec.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
     if spec.ttl_seconds_after_finished is not None:
@@ -149,7 +157,12 @@ def _job(spec: ABTestSpec, name: str, role: str, pod_spec: dict, model: str | No
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": name, "namespace": spec.namespace, "labels": job_labels, "ownerReferences": [owner_reference(spec)]},
+        "metadata": {
+            "name": name,
+            "namespace": spec.namespace,
+            "labels": labels(spec, role, model),
+            "ownerReferences": [owner_reference(spec)],
+        },
         "spec": job_spec,
     }
 
@@ -310,8 +323,37 @@ def model_jobs(spec: ABTestSpec, cfg: OperatorConfig) -> list[dict]:
     return [build_model_job(spec, run, cfg) for run in runs]
 
 
+def build_jobset(spec: ABTestSpec, cfg: OperatorConfig) -> dict:
+    """With spec.queueName: the model Jobs as one JobSet labelled for the LocalQueue, created suspended, so that Kueue
+    admits every model or none (one workload; a Job each would be admitted one by one, and a model could run alone).
+    One replicatedJob per model, replicas 1: each keeps its own Job template (its arguments, its parts), exactly the
+    Job it would be without a queue; the cost is Kueue's cap of 8 pod sets per workload, a CEL rule on the CRD."""
+    replicated = []
+    for job in model_jobs(spec, cfg):
+        meta = job["metadata"]
+        # the ABTest's UID as a label: the Jobs are the JobSet's, and the operator's Job index finds their ABTest by it
+        template = {"metadata": {"labels": {**meta["labels"], LABEL_UID: spec.uid}}, "spec": job["spec"]}
+        replicated.append({"name": meta["labels"][LABEL_MODEL], "replicas": 1, "template": template})
+    return {
+        "apiVersion": f"{JOBSET_GROUP}/{JOBSET_VERSION}",
+        "kind": "JobSet",
+        "metadata": {
+            "name": jobset_name(spec),
+            "namespace": spec.namespace,
+            "labels": {**labels(spec, "models"), QUEUE_LABEL: spec.queue_name},
+            "ownerReferences": [owner_reference(spec)],
+        },
+        "spec": {
+            "suspend": True,  # Kueue admits (unsuspends) it when the ClusterQueue has quota for every model
+            "replicatedJobs": replicated,
+            "network": {"enableDNSHostnames": False},  # the evaluators never call each other: no headless Service
+        },
+    }
+
+
 def render_all(spec: ABTestSpec, cfg: OperatorConfig) -> list[dict]:
     """Every object the operator creates for this ABTest, in creation order (a dry run names the UID it lacks)."""
     spec = spec if spec.uid else dataclasses.replace(spec, uid="<abtest-uid>")
     claim = build_results_claim(spec, cfg)
-    return [*([claim] if claim else []), *model_jobs(spec, cfg), *build_analysis_rbac(spec), build_analysis_job(spec, cfg)]
+    models = [build_jobset(spec, cfg)] if spec.queue_name else model_jobs(spec, cfg)
+    return [*([claim] if claim else []), *models, *build_analysis_rbac(spec), build_analysis_job(spec, cfg)]

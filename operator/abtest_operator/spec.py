@@ -119,6 +119,11 @@ def check_rules(spec: dict) -> None:
         raise UserError(
             "ABTest is invalid: spec.shardsPerModel above 1 cannot be combined with spec.analysis.sequential (each model's looks need its whole order in one pod)"
         )
+    if spec.get("queueName") and len(spec["models"]) > 8:
+        raise UserError(
+            "ABTest is invalid: spec.queueName admits the models as one Kueue workload, which holds at most 8 pod sets (one per model); "
+            "queue at most 8 models, or leave spec.queueName unset"
+        )
     if spec.get("gpusPerModel") and spec["device"] == "cpu":
         raise UserError("ABTest is invalid: spec.gpusPerModel must be 0 (or unset) when spec.device is cpu")
 

@@ -12,14 +12,19 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from abtest_api.constants import KIND, LABEL_NAME
+from abtest_api.constants import KIND, LABEL_NAME, LABEL_UID
 from abtest_operator.status import job_facts
 
 
 def owner_uid(obj: Mapping) -> str | None:
-    """The UID of the ABTest that owns ``obj``, if one does."""
-    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
-    return next((ref.get("uid") for ref in refs if ref.get("kind") == KIND), None)
+    """The UID of the ABTest that owns ``obj``, if one does; for a Job of an ABTest's JobSet (spec.queueName), the
+    ABTest UID its template carries as a label."""
+    meta = obj.get("metadata") or {}
+    refs = meta.get("ownerReferences") or []
+    uid = next((ref.get("uid") for ref in refs if ref.get("kind") == KIND), None)
+    if uid is None and any(ref.get("kind") == "JobSet" for ref in refs):
+        uid = (meta.get("labels") or {}).get(LABEL_UID)
+    return uid
 
 
 def _meta(obj: Mapping) -> dict:

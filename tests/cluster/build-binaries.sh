@@ -11,13 +11,16 @@ K8S_VERSION="${K8S_VERSION:-1.37.2}"
 ETCD_VERSION="${ETCD_VERSION:-3.6.16}"
 HELM_VERSION="${HELM_VERSION:-3.22.0}"
 CONTAINERD_VERSION="${CONTAINERD_VERSION:-2.4.2}"
+KUEUE_VERSION="${KUEUE_VERSION:-0.17.0}"
+JOBSET_VERSION="${JOBSET_VERSION:-0.11.1}"
 CACHE="${ABTEST_CACHE:-$HOME/.cache/abtest}"
 BIN="$CACHE/k8s-v${K8S_VERSION}-etcd-v${ETCD_VERSION}/bin"
 K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 CONTAINERD_CMDS=(containerd containerd-shim-runc-v2 ctr)
 
 missing() { for b in "$@"; do [ -x "$BIN/$b" ] || return 0; done; return 1; }
-if ! missing "${K8S_CMDS[@]}" etcd "helm-v${HELM_VERSION}" "${CONTAINERD_CMDS[@]/%/-v${CONTAINERD_VERSION}}"; then echo "$BIN"; exit 0; fi
+if ! missing "${K8S_CMDS[@]}" etcd "helm-v${HELM_VERSION}" "${CONTAINERD_CMDS[@]/%/-v${CONTAINERD_VERSION}}" \
+  "kueue-v${KUEUE_VERSION}" "jobset-v${JOBSET_VERSION}"; then echo "$BIN"; exit 0; fi
 
 mkdir -p "$BIN"
 WORK="$(mktemp -d "$CACHE/build-XXXXXX")"
@@ -63,6 +66,13 @@ build_main() {
   mv "$WORK/$out.bin" "$BIN/$out"
 }
 
+# crds_of OUT MODULE: MODULE's CRD bases (in the module build dir of OUT) copied to $BIN/crds/OUT/.
+crds_of() {
+  local out="$1" module="$2"
+  rm -rf "$BIN/crds/$out" && mkdir -p "$BIN/crds/$out"
+  cp "$(cd "$WORK/$out" && go list -m -f '{{.Dir}}' "$module")"/config/components/crd/bases/*.yaml "$BIN/crds/$out/"
+}
+
 if missing etcd; then
   # etcd's own main package lives in a module that cannot be required, so call etcdmain.
   build_main etcd "go.etcd.io/etcd/server/v3@v${ETCD_VERSION}" . "" \
@@ -91,6 +101,18 @@ if missing "${CONTAINERD_CMDS[@]/%/-v${CONTAINERD_VERSION}}"; then
     mv "$WORK/$cmd.bin" "$BIN/$cmd-v${CONTAINERD_VERSION}"
     ln -sf "$cmd-v${CONTAINERD_VERSION}" "$BIN/$cmd"
   done
+fi
+
+# Kueue and the JobSet controller (the queue mode's e2e test runs them as host processes), with their CRDs.
+if missing "kueue-v${KUEUE_VERSION}"; then
+  build_main "kueue-v${KUEUE_VERSION}" "sigs.k8s.io/kueue@v${KUEUE_VERSION}" sigs.k8s.io/kueue/cmd/kueue "" \
+    '//go:build tools\n\npackage tools\n\nimport _ "sigs.k8s.io/kueue/cmd/kueue"\n'
+  crds_of "kueue-v${KUEUE_VERSION}" sigs.k8s.io/kueue
+fi
+if missing "jobset-v${JOBSET_VERSION}"; then
+  build_main "jobset-v${JOBSET_VERSION}" "sigs.k8s.io/jobset@v${JOBSET_VERSION}" sigs.k8s.io/jobset "" \
+    '//go:build tools\n\npackage tools\n\nimport _ "sigs.k8s.io/jobset"\n'
+  crds_of "jobset-v${JOBSET_VERSION}" sigs.k8s.io/jobset
 fi
 
 echo "built in $(( $(date +%s) - start ))s" >&2

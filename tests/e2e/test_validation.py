@@ -38,6 +38,7 @@ API_MESSAGES = {
     "sequential non-inferiority": "spec.analysis.sequential decides superiority only",
     "sharded sequential": "spec.shardsPerModel above 1 cannot be combined with spec.analysis.sequential",
     "65 shards": "spec.shardsPerModel: Invalid value",
+    "9 queued models": "spec.queueName admits the models as one Kueue workload, which holds at most 8 pod sets",
 }
 
 

@@ -8,9 +8,10 @@ default, or ``--workers``). Two parts, one cluster, one operator:
 1. lifecycles: ``--lifecycles`` two-model ABTests run to Succeeded (random-weight tiny models on 32
    digits samples, real evaluator pods, real analysis); the operator's requests per ABTest lifecycle
    come from the API server's audit log (user = the operator's ServiceAccount).
-2. scale: ``--small`` then ``--large`` ABTests applied at once, each with ``queueName`` so its Jobs are
-   created suspended, as for Kueue (2 cores cannot run 1,000 evaluator pods; the operator's work, which
-   is what this measures, is the same until a Job is admitted). Latency is, per ABTest, from the API
+2. scale: ``--small`` then ``--large`` ABTests applied at once, each with ``queueName`` so its models are one
+   suspended JobSet, whose Jobs the real JobSet controller creates suspended; no Kueue runs, so nothing is admitted
+   (2 cores cannot run 1,000 evaluator pods; the operator's work, which is what this measures, is the same until
+   the JobSet is admitted). Latency is, per ABTest, from the API
    server storing it to the API server storing its last model Job (audit timestamps, microseconds), so
    kubectl's own pace is not counted. The ratio p95(large) / p95(small) is printed from this one run.
 The operator's peak RSS (VmHWM) is read at the end, with every ABTest still in its watches and indexes.
@@ -40,6 +41,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from cluster.controlplane import ControlPlane, build_binaries  # noqa: E402
 from cluster.harness import build_images, make_namespace, start_cluster, start_operator  # noqa: E402
 from cluster.node import GATEWAY  # noqa: E402
+from cluster.queueing import Queueing  # noqa: E402
 
 AUDIT_POLICY = "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n  - level: Metadata\n"
 
@@ -196,10 +198,11 @@ def scale(cp: ControlPlane, audit: Audit, user: str, namespace: str, n: int, tim
             if e["verb"] == "create" and ok and ref.get("namespace") == namespace and not ref.get("subresource"):
                 if ref.get("resource") == "abtests":
                     stored[ref["name"]] = to_epoch(e["stageTimestamp"])
-                elif ref.get("resource") == "jobs" and ref["name"].endswith(("-a", "-b")):
-                    job_times.setdefault(ref["name"][:-2], []).append(to_epoch(e["stageTimestamp"]))
+                elif ref.get("resource") == "jobs" and ref["name"].endswith(("-a-0", "-b-0")):  # the JobSet controller's
+                    job_times.setdefault(ref["name"][:-4], []).append(to_epoch(e["stageTimestamp"]))
+                elif ref.get("resource") == "jobsets":  # the operator's one create per ABTest
                     received = to_epoch(e["requestReceivedTimestamp"])
-                    picked[ref["name"][:-2]] = min(picked.get(ref["name"][:-2], received), received)
+                    picked[ref["name"]] = min(picked.get(ref["name"], received), received)
     passes = operator_metric(operator, f'abtest_reconciles_total{{namespace="{namespace}"}}')  # before the last ABTests' first resync
     gc_during = [(n - n0, t - t0) for (n, t), (n0, t0) in zip(garbage_collections(operator), gc_before, strict=True)]
     time.sleep(20)  # anything the operator still does about them
@@ -211,7 +214,7 @@ def scale(cp: ControlPlane, audit: Audit, user: str, namespace: str, n: int, tim
     )
     waits = sorted(picked[name] - stored[name] for name in names if name in picked and name in stored)
     print(
-        f"     of which until the operator's first Job create reached the API server: p50 {pct(waits, 50):.2f} s, p95 {pct(waits, 95):.2f} s"
+        f"     of which until the operator's JobSet create reached the API server: p50 {pct(waits, 50):.2f} s, p95 {pct(waits, 95):.2f} s"
     )
     print(f"     {by_verb(ops, n)}; reconcile passes per ABTest until the last Job: {passes / n:.1f}")
     if stored and job_times:
@@ -287,7 +290,8 @@ def main() -> None:
         print(f"operator installed by the chart, {workers} workers; {os.cpu_count()} cores shared by the control plane, node and operator")
         if args.lifecycles:
             lifecycles(cp, audit, user, make_namespace(cp, root / "models", "lifecycle").name, args.lifecycles, args.timeout)
-        print("2. ABTests applied at once, Jobs created suspended (queueName) and left queued:")
+        Queueing(cp).start(kueue=False)
+        print("2. ABTests applied at once, each one JobSet created suspended (queueName) and left queued:")
         pids = {
             name: proc.pid for name, proc in cp.procs.items() if name.split("#")[0] in ("kube-apiserver", "etcd", "kube-controller-manager")
         }

@@ -18,7 +18,13 @@ BIN="$CACHE/k8s-v${K8S_VERSION}-etcd-v${ETCD_VERSION}/bin"
 K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 CONTAINERD_CMDS=(containerd containerd-shim-runc-v2 ctr)
 
-missing() { for b in "$@"; do [ -x "$BIN/$b" ] || return 0; done; return 1; }
+missing() {
+  for b in "$@"; do
+    [ -x "$BIN/$b" ] || return 0
+    case "$b" in kueue-* | jobset-*) [ -f "$BIN/manifests/$b/webhooks.yaml" ] || return 0 ;; esac
+  done
+  return 1
+}
 if ! missing "${K8S_CMDS[@]}" etcd "helm-v${HELM_VERSION}" "${CONTAINERD_CMDS[@]/%/-v${CONTAINERD_VERSION}}" \
   "kueue-v${KUEUE_VERSION}" "jobset-v${JOBSET_VERSION}"; then echo "$BIN"; exit 0; fi
 
@@ -66,11 +72,14 @@ build_main() {
   mv "$WORK/$out.bin" "$BIN/$out"
 }
 
-# crds_of OUT MODULE: MODULE's CRD bases (in the module build dir of OUT) copied to $BIN/crds/OUT/.
-crds_of() {
-  local out="$1" module="$2"
-  rm -rf "$BIN/crds/$out" && mkdir -p "$BIN/crds/$out"
-  cp "$(cd "$WORK/$out" && go list -m -f '{{.Dir}}' "$module")"/config/components/crd/bases/*.yaml "$BIN/crds/$out/"
+# manifests_of OUT MODULE: MODULE's CRD bases and webhook configurations (from the module that built OUT) copied to
+# $BIN/manifests/OUT/ (crds/*.yaml, webhooks.yaml); a binary without them counts as missing.
+manifests_of() {
+  local out="$1" module="$2" dir
+  dir="$(cd "$WORK/$out" && go list -m -f '{{.Dir}}' "$module")"
+  rm -rf "$BIN/manifests/$out" && mkdir -p "$BIN/manifests/$out/crds"
+  cp "$dir"/config/components/crd/bases/*.yaml "$BIN/manifests/$out/crds/"
+  cp "$dir/config/components/webhook/manifests.yaml" "$BIN/manifests/$out/webhooks.yaml"
 }
 
 if missing etcd; then
@@ -107,12 +116,12 @@ fi
 if missing "kueue-v${KUEUE_VERSION}"; then
   build_main "kueue-v${KUEUE_VERSION}" "sigs.k8s.io/kueue@v${KUEUE_VERSION}" sigs.k8s.io/kueue/cmd/kueue "" \
     '//go:build tools\n\npackage tools\n\nimport _ "sigs.k8s.io/kueue/cmd/kueue"\n'
-  crds_of "kueue-v${KUEUE_VERSION}" sigs.k8s.io/kueue
+  manifests_of "kueue-v${KUEUE_VERSION}" sigs.k8s.io/kueue
 fi
 if missing "jobset-v${JOBSET_VERSION}"; then
   build_main "jobset-v${JOBSET_VERSION}" "sigs.k8s.io/jobset@v${JOBSET_VERSION}" sigs.k8s.io/jobset "" \
     '//go:build tools\n\npackage tools\n\nimport _ "sigs.k8s.io/jobset"\n'
-  crds_of "jobset-v${JOBSET_VERSION}" sigs.k8s.io/jobset
+  manifests_of "jobset-v${JOBSET_VERSION}" sigs.k8s.io/jobset
 fi
 
 echo "built in $(( $(date +%s) - start ))s" >&2

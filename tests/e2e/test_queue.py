@@ -1,0 +1,65 @@
+"""All-or-nothing admission with Kueue: spec.queueName makes the models one JobSet, which real Kueue admits as one
+workload and the real JobSet controller runs (tests/cluster/queueing.py starts both beside the control plane)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cluster.queueing import QUEUE, Queueing
+from kube import apply, example_manifest, jobs, wait_phase
+
+
+@pytest.fixture(scope="module")
+def queueing(cluster, operator):
+    queueing = Queueing(cluster).start()
+    try:
+        yield queueing
+    finally:
+        queueing.stop()
+
+
+def _custom(cluster, kind: str, namespace: str) -> list[dict]:
+    return json.loads(cluster.kubectl("get", kind, "-n", namespace, "-o", "json").stdout)["items"]
+
+
+def test_two_abtests_that_a_queue_fits_one_at_a_time_run_one_after_the_other_each_with_its_models_together(cluster, namespace, queueing):
+    """A ClusterQueue with 4 GPUs and two ABTests of two 2-GPU models, applied at once (the node advertises 8, so
+    without the queue both would run together). Kueue admits one JobSet, the other's models wait suspended, never one
+    model of it alone; then the second runs. Both succeed; their model windows never interleave."""
+    queueing.cluster_queue("abtest-gpus", gpus=4)
+    queueing.local_queue(namespace.name, "abtest-gpus")
+    names = ("first", "second")
+    for name in names:
+        manifest = example_manifest("abtest-digits.yaml", namespace.name, queueName=QUEUE)
+        manifest["metadata"]["name"] = name
+        manifest["spec"].update(device="auto", gpusPerModel=2)
+        apply(cluster, manifest)
+
+    def one_admitted():
+        jobsets = {j["metadata"]["name"]: j["spec"].get("suspend") for j in _custom(cluster, "jobsets.jobset.x-k8s.io", namespace.name)}
+        return jobsets if sorted(jobsets.values()) == [False, True] else None
+
+    admitted = cluster.wait_for(one_admitted, 120, "Kueue to admit one JobSet and hold the other")
+    waiting = next(name for name, suspended in admitted.items() if suspended)
+    # the waiting ABTest's models are all suspended (none runs alone), and that is no stall
+    held = [j for j in jobs(cluster, namespace.name) if j["metadata"]["labels"].get("abtest.dev/name") == waiting]
+    assert len(held) == 2 and all(j["spec"]["suspend"] for j in held), held
+    done = {name: wait_phase(cluster, namespace.name, name, ("Succeeded", "Failed"), timeout=400) for name in names}
+    windows = {}
+    for name, abtest in done.items():
+        status = abtest["status"]
+        assert status["phase"] == "Succeeded", status
+        assert {c["type"]: c["status"] for c in status["conditions"]}["AllModelsPlaced"] == "True"
+        assert status["result"]["concurrency"]["concurrent"] is True, status["result"]["concurrency"]
+        assert [m["job"] for m in status["models"]] == [f"{name}-resnet-0", f"{name}-vit-0"]
+        results = namespace.results / namespace.name / name / abtest["metadata"]["uid"]
+        metrics = [json.loads((results / model / "metrics.json").read_text()) for model in ("resnet", "vit")]
+        windows[name] = (min(m["started_at"] for m in metrics), max(m["finished_at"] for m in metrics))
+    (a_start, a_end), (b_start, b_end) = sorted(windows.values())
+    assert a_end < b_start, windows  # the second ABTest's models started after the first's had finished
+    # one Kueue workload per ABTest, both models in it (its pod sets), each admitted once
+    workloads = _custom(cluster, "workloads.kueue.x-k8s.io", namespace.name)
+    assert len(workloads) == 2, [w["metadata"]["name"] for w in workloads]
+    assert all(sorted(p["name"] for p in w["spec"]["podSets"]) == ["resnet", "vit"] for w in workloads)

@@ -121,11 +121,11 @@ class Processes:
     bin: Path
     procs: dict[str, subprocess.Popen]
 
-    def _start(self, name: str, args: list[str]) -> None:
+    def _start(self, name: str, args: list[str], prefix: tuple[str, ...] = ()) -> None:
         log = open(self.root / f"{name}.log", "a")  # noqa: SIM115 (open for the process's lifetime; a restart appends)
         env = {**os.environ, "PATH": f"{self.bin}:{os.environ['PATH']}"}  # containerd finds its shim there
         self.procs[name] = subprocess.Popen(
-            [str(self.bin / name.split("#")[0]), *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+            [*prefix, str(self.bin / name.split("#")[0]), *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
 
     def check_alive(self) -> None:

@@ -4,7 +4,11 @@ Test code, not product code. Both are the real controllers, built from their Go 
 ``tests/cluster/build-binaries.sh`` with their CRDs and webhook configurations, run as host processes with the
 admin kubeconfig (as the control plane's own controllers are). Their webhook servers listen on 127.0.0.1 with a
 certificate from the cluster's CA, and the webhook configurations point at them by URL instead of a Service; the
-API server reaches them there. Internal certificate rotation, leader election and the metrics servers are off.
+API server reaches them there. Internal certificate rotation, leader election, the metrics servers and Kueue's visibility server are off.
+
+Kueue reads its metrics certificate from a fixed path, /etc/kueue/metrics/certs, whenever its internal certificate
+management is off (even with the metrics server off), so it runs in a private mount namespace whose /etc is an
+overlay holding that directory: the host's /etc stays untouched.
 """
 
 from __future__ import annotations
@@ -81,7 +85,19 @@ class Queueing(Processes):
         }
         path = self.root / f"{component}.yaml"
         path.write_text(yaml.safe_dump(config))
-        self._start(component, [f"--config={path}", f"--kubeconfig={self.cluster.admin_kubeconfig}"])
+        args = [f"--config={path}", f"--kubeconfig={self.cluster.admin_kubeconfig}"]
+        if component == KUEUE:  # its on-demand visibility API server wants certificates of its own; not used here
+            args.append("--feature-gates=VisibilityOnDemand=false")
+        self._start(component, args, self._etc_overlay(certs) if component == KUEUE else ())
+
+    def _etc_overlay(self, certs: Path) -> tuple[str, ...]:
+        """A command prefix: a private mount namespace whose /etc is the host's with /etc/kueue/metrics/certs added."""
+        upper, work = self.root / "etc-upper", self.root / "etc-work"
+        (upper / "kueue" / "metrics").mkdir(parents=True, exist_ok=True)
+        work.mkdir(exist_ok=True)
+        shutil.copytree(certs, upper / "kueue" / "metrics" / "certs", dirs_exist_ok=True)
+        mount = f"mount -t overlay overlay -o lowerdir=/etc,upperdir={upper},workdir={work} /etc"
+        return ("unshare", "--mount", "--propagation", "private", "sh", "-c", f'{mount} && exec "$@"', "sh")
 
     def _wait_listening(self, component: str) -> None:
         def listening() -> bool:
@@ -115,6 +131,7 @@ class Queueing(Processes):
 
     def cluster_queue(self, name: str, gpus: int) -> None:
         """A ClusterQueue whose GPU quota is ``gpus`` (CPU and memory plenty), for every namespace's LocalQueue."""
+        self.check_alive()  # a controller that died after opening its port would read as a refused webhook call
         flavor = {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor", "metadata": {"name": "default"}}
         resources = [
             {"name": "cpu", "nominalQuota": "64"},

@@ -24,6 +24,10 @@ def _custom(cluster, kind: str, namespace: str) -> list[dict]:
     return json.loads(cluster.kubectl("get", kind, "-n", namespace, "-o", "json").stdout)["items"]
 
 
+def _condition(obj: dict, kind: str) -> str | None:
+    return next((c["status"] for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), None)
+
+
 def test_two_abtests_that_a_queue_fits_one_at_a_time_run_one_after_the_other_each_with_its_models_together(cluster, namespace, queueing):
     """A ClusterQueue with 4 GPUs and two ABTests of two 2-GPU models, applied at once (the node advertises 8, so
     without the queue both would run together). Kueue admits one JobSet, the other's models wait suspended, never one
@@ -46,6 +50,11 @@ def test_two_abtests_that_a_queue_fits_one_at_a_time_run_one_after_the_other_eac
     # the waiting ABTest's models are all suspended (none runs alone), and that is no stall
     held = [j for j in jobs(cluster, namespace.name) if j["metadata"]["labels"].get("abtest.dev/name") == waiting]
     assert len(held) == 2 and all(j["spec"]["suspend"] for j in held), held
+    # one Kueue workload per ABTest with both models as its pod sets: one admitted, the other not
+    workloads = _custom(cluster, "workloads.kueue.x-k8s.io", namespace.name)
+    assert sorted(sorted(p["name"] for p in w["spec"]["podSets"]) for w in workloads) == [["resnet", "vit"]] * 2, workloads
+    admitted_workloads = [w for w in workloads if _condition(w, "Admitted") == "True"]
+    assert len(admitted_workloads) == 1, [w.get("status") for w in workloads]
     done = {name: wait_phase(cluster, namespace.name, name, ("Succeeded", "Failed"), timeout=400) for name in names}
     windows = {}
     for name, abtest in done.items():
@@ -59,7 +68,7 @@ def test_two_abtests_that_a_queue_fits_one_at_a_time_run_one_after_the_other_eac
         windows[name] = (min(m["started_at"] for m in metrics), max(m["finished_at"] for m in metrics))
     (a_start, a_end), (b_start, b_end) = sorted(windows.values())
     assert a_end < b_start, windows  # the second ABTest's models started after the first's had finished
-    # one Kueue workload per ABTest, both models in it (its pod sets), each admitted once
-    workloads = _custom(cluster, "workloads.kueue.x-k8s.io", namespace.name)
-    assert len(workloads) == 2, [w["metadata"]["name"] for w in workloads]
-    assert all(sorted(p["name"] for p in w["spec"]["podSets"]) == ["resnet", "vit"] for w in workloads)
+    # finished JobSets are kept (their Jobs' logs) as Completed, and their workloads Finished: the quota is free
+    assert sorted(_condition(j, "Completed") for j in _custom(cluster, "jobsets.jobset.x-k8s.io", namespace.name)) == ["True"] * 2
+    finished = lambda: [_condition(w, "Finished") for w in _custom(cluster, "workloads.kueue.x-k8s.io", namespace.name)] == ["True"] * 2  # noqa: E731
+    cluster.wait_for(finished, 30, "both Kueue workloads to be Finished")

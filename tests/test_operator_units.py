@@ -625,3 +625,24 @@ def test_default_limits_never_turn_into_requests_nor_undercut_a_user_request():
     big["spec"]["resources"] = {"requests": {"memory": "16Gi"}}
     sized = manifests.model_resources(parse_abtest(big), cfg)
     assert sized["requests"] == {"cpu": "100m", "memory": "16Gi"} and "memory" not in sized["limits"]
+
+
+def test_a_queued_abtest_renders_one_suspended_jobset_whose_jobs_are_the_unqueued_model_jobs():
+    manifest = example()
+    manifest["spec"].update(queueName="team-gpus")
+    queued, plain = parse_abtest(manifest), parse_abtest(example())
+    rendered = manifests.render_all(queued, CFG)
+    assert [o["kind"] for o in rendered].count("Job") == 1  # the analysis only: the models are the JobSet's
+    (jobset,) = [o for o in rendered if o["kind"] == "JobSet"]
+    assert jobset["apiVersion"] == "jobset.x-k8s.io/v1alpha2" and jobset["metadata"]["name"] == queued.name
+    assert jobset["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-gpus"
+    assert jobset["spec"]["suspend"] is True
+    assert jobset["metadata"]["ownerReferences"][0]["uid"] == UID
+    unqueued = {job["metadata"]["labels"]["abtest.dev/model"]: job for job in manifests.model_jobs(plain, CFG)}
+    assert [r["name"] for r in jobset["spec"]["replicatedJobs"]] == list(unqueued)
+    for replicated in jobset["spec"]["replicatedJobs"]:
+        job = unqueued[replicated["name"]]
+        assert replicated["replicas"] == 1
+        assert replicated["template"]["spec"] == job["spec"]  # exactly the Job the model gets without a queue
+        assert replicated["template"]["metadata"]["labels"] == {**job["metadata"]["labels"], "abtest.dev/uid": UID}
+        assert manifests.model_job_name(queued, replicated["name"]) == f"{queued.name}-{replicated['name']}-0"

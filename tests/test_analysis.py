@@ -1,6 +1,7 @@
 """`abtest analyze` and `abtest run`: verdicts checked against an independent computation, and every refusal."""
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from statsmodels.stats.multitest import multipletests
 
 from abtest_api.errors import UserError
 from abtest_api.result import check_status_result, status_result
-from abtest_evaluator import report, results
+from abtest_evaluator import barrier, report, results
 from abtest_evaluator.analysis import analyze, run_analysis
 from helpers import ROOT, abtest_cli, local_manifest, read_json, result_json
 
@@ -325,27 +326,40 @@ def test_run_failure_names_the_model_and_leaves_nothing(tmp_path, trained_models
 
 
 def test_ctrl_c_stops_every_child_and_leaves_no_results(tmp_path, trained_models):
+    """Ctrl-C while the run is under way, at a point that does not depend on this machine's speed: vit's evaluator is
+    stopped (SIGSTOP) as soon as it starts, so resnet, prepared, waits for it at the start barrier; vit then ignores
+    the run's SIGTERM too, and must be killed."""
     manifest = _manifest(tmp_path, trained_models, [("resnet", "timm/resnet10t"), ("vit", "timm/test_vit")])
-    doc = yaml.safe_load(manifest.read_text())
-    doc["spec"]["dataset"]["split"] = "train"
-    doc["spec"]["batchSize"] = 4
-    manifest.write_text(yaml.safe_dump(doc))
     proc = subprocess.Popen(
         [sys.executable, "-m", "abtest_operator.cli", "run", str(manifest), "--out", str(tmp_path / "out")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.time() + 60
-    while time.time() < deadline and not list(tmp_path.glob(".out.staging-*/*")):
-        time.sleep(0.1)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
-    time.sleep(0.5)
-    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.staging-*"))
-    leftover = subprocess.run(["pgrep", "-f", f"--out {tmp_path}/.out.staging"], capture_output=True, text=True)
-    assert leftover.stdout.strip() == ""
+
+    def evaluator(model: str) -> int | None:
+        found = subprocess.run(["pgrep", "-f", "--", f"--out {tmp_path}/.out.staging-[0-9]+/{model}( |$)"], capture_output=True, text=True)
+        return int(found.stdout.split()[0]) if found.stdout.strip() else None
+
+    deadline = time.time() + 120
+    while time.time() < deadline and evaluator("vit") is None and proc.poll() is None:
+        time.sleep(0.02)
+    vit = evaluator("vit")
+    assert vit, f"vit's evaluator never started: {proc.poll()=}"
+    os.kill(vit, signal.SIGSTOP)
+    try:
+        waiting = f".out.staging-*/{barrier.FOLDER}/{barrier.marker_name('resnet')}"
+        while time.time() < deadline and not list(tmp_path.glob(waiting)) and proc.poll() is None:
+            time.sleep(0.1)
+        assert list(tmp_path.glob(waiting)), f"resnet never reached the start barrier: {proc.poll()=}"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130, proc.stderr.read()
+        time.sleep(0.5)
+        assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.staging-*"))
+        leftover = subprocess.run(["pgrep", "-f", "--", f"--out {tmp_path}/.out.staging"], capture_output=True, text=True)
+        assert leftover.returncode == 1 and leftover.stdout.strip() == "", leftover  # 1: no process matched
+    finally:  # a failed check leaves nothing stopped behind
+        subprocess.run(["pkill", "-KILL", "-f", "--", f"--out {tmp_path}/"], check=False)
 
 
 def test_examples_validate():

@@ -330,12 +330,16 @@ def test_ctrl_c_stops_every_child_and_leaves_no_results(tmp_path, trained_models
     stopped (SIGSTOP) as soon as it starts, so resnet, prepared, waits for it at the start barrier; vit then ignores
     the run's SIGTERM too, and must be killed."""
     manifest = _manifest(tmp_path, trained_models, [("resnet", "timm/resnet10t"), ("vit", "timm/test_vit")])
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "abtest_operator.cli", "run", str(manifest), "--out", str(tmp_path / "out")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    log = tmp_path / "run.log"  # a file, not a pipe: nobody reads a pipe while the run waits, and a full one blocks it
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "abtest_operator.cli", "run", str(manifest), "--out", str(tmp_path / "out")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            # Ctrl-C's default action even when the suite was started in the background, where a shell without job
+            # control leaves SIGINT ignored (and a Python started so raises no KeyboardInterrupt)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
 
     def evaluator(model: str) -> int | None:
         found = subprocess.run(["pgrep", "-f", "--", f"--out {tmp_path}/.out.staging-[0-9]+/{model}( |$)"], capture_output=True, text=True)
@@ -353,7 +357,7 @@ def test_ctrl_c_stops_every_child_and_leaves_no_results(tmp_path, trained_models
             time.sleep(0.1)
         assert list(tmp_path.glob(waiting)), f"resnet never reached the start barrier: {proc.poll()=}"
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 130, proc.stderr.read()
+        assert proc.wait(timeout=60) == 130, log.read_text()[-2000:]
         time.sleep(0.5)
         assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.staging-*"))
         leftover = subprocess.run(["pgrep", "-f", "--", f"--out {tmp_path}/.out.staging"], capture_output=True, text=True)

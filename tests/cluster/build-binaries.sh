@@ -26,7 +26,7 @@ missing() {
   return 1
 }
 if ! missing "${K8S_CMDS[@]}" etcd "helm-v${HELM_VERSION}" "${CONTAINERD_CMDS[@]/%/-v${CONTAINERD_VERSION}}" \
-  "kueue-v${KUEUE_VERSION}" "jobset-v${JOBSET_VERSION}"; then echo "$BIN"; exit 0; fi
+  "kueue-v${KUEUE_VERSION}" "jobset-v${JOBSET_VERSION}" kueue jobset; then echo "$BIN"; exit 0; fi
 
 mkdir -p "$BIN"
 WORK="$(mktemp -d "$CACHE/build-XXXXXX")"
@@ -123,6 +123,11 @@ if missing "jobset-v${JOBSET_VERSION}"; then
     '//go:build tools\n\npackage tools\n\nimport _ "sigs.k8s.io/jobset"\n'
   manifests_of "jobset-v${JOBSET_VERSION}" sigs.k8s.io/jobset
 fi
+# unversioned names for the tests, as for helm and containerd (outside the builds: a cache from before had none)
+for name in "kueue-v${KUEUE_VERSION}" "jobset-v${JOBSET_VERSION}"; do
+  ln -sfn "$name" "$BIN/${name%%-v*}"
+  ln -sfn "$name" "$BIN/manifests/${name%%-v*}"
+done
 
 echo "built in $(( $(date +%s) - start ))s" >&2
 echo "$BIN"

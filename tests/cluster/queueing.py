@@ -13,6 +13,7 @@ overlay holding that directory: the host's /etc stays untouched.
 
 from __future__ import annotations
 
+import base64
 import shutil
 import socket
 import time
@@ -23,7 +24,7 @@ import yaml
 
 from cluster.controlplane import ControlPlane, Processes, _openssl, _sign, free_port
 
-KUEUE, JOBSET = "kueue-v0.17.0", "jobset-v0.11.1"
+KUEUE, JOBSET = "kueue", "jobset"  # build-binaries.sh links these names to the versions it built
 QUEUE = "abtests"  # the LocalQueue each test namespace gets
 
 
@@ -34,6 +35,7 @@ class Queueing(Processes):
     bin: Path = field(init=False)
     procs: dict = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    webhooks: list[tuple[str, str]] = field(default_factory=list)  # (kind, name) of each configuration applied
 
     def __post_init__(self):
         self.root, self.bin = self.cluster.root / "queueing", self.cluster.bin
@@ -51,13 +53,23 @@ class Queueing(Processes):
             self.cluster.kubectl("apply", "--server-side", "-f", str(self.manifests(component) / "crds"))
         self.cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
         self.ports = {component: free_port() for component in components}
-        self._run(JOBSET, "config.jobset.x-k8s.io/v1alpha1", certs, {})
+        self._run(JOBSET, "config.jobset.x-k8s.io/v1alpha1", certs)
         if kueue:
             self.cluster.kubectl("create", "namespace", "kueue-system", check=False)
-            self._run(KUEUE, "config.kueue.x-k8s.io/v1beta2", certs, {"integrations": {"frameworks": ["jobset.x-k8s.io/jobset"]}})
+            self._run(
+                KUEUE,
+                "config.kueue.x-k8s.io/v1beta2",
+                certs,
+                {"integrations": {"frameworks": ["jobset.x-k8s.io/jobset"]}},
+                # its on-demand visibility API server wants certificates of its own; not used here
+                args=("--feature-gates=VisibilityOnDemand=false",),
+                prefix=self._etc_overlay(certs),
+            )
         for component in components:
             self._wait_listening(component)
-            self.cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(self._webhooks(component)))
+            webhooks = self._webhooks(component)
+            self.cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(webhooks))
+            self.webhooks += [(doc["kind"].lower(), doc["metadata"]["name"]) for doc in webhooks]
         self.cluster.timings["queueing"] = time.monotonic() - started
         return self
 
@@ -72,7 +84,15 @@ class Queueing(Processes):
         shutil.copy(pki / "webhook.key", certs / "tls.key")
         return certs
 
-    def _run(self, component: str, api_version: str, certs: Path, extra: dict) -> None:
+    def _run(
+        self,
+        component: str,
+        api_version: str,
+        certs: Path,
+        extra: dict | None = None,
+        args: tuple[str, ...] = (),
+        prefix: tuple[str, ...] = (),
+    ) -> None:
         config = {
             "apiVersion": api_version,
             "kind": "Configuration",
@@ -81,14 +101,11 @@ class Queueing(Processes):
             "webhook": {"host": "127.0.0.1", "port": self.ports[component], "certDir": str(certs)},
             "metrics": {"bindAddress": "0"},
             "health": {"healthProbeBindAddress": f"127.0.0.1:{free_port()}"},
-            **extra,
+            **(extra or {}),
         }
         path = self.root / f"{component}.yaml"
         path.write_text(yaml.safe_dump(config))
-        args = [f"--config={path}", f"--kubeconfig={self.cluster.admin_kubeconfig}"]
-        if component == KUEUE:  # its on-demand visibility API server wants certificates of its own; not used here
-            args.append("--feature-gates=VisibilityOnDemand=false")
-        self._start(component, args, self._etc_overlay(certs) if component == KUEUE else ())
+        self._start(component, [f"--config={path}", f"--kubeconfig={self.cluster.admin_kubeconfig}", *args], prefix)
 
     def _etc_overlay(self, certs: Path) -> tuple[str, ...]:
         """A command prefix: a private mount namespace whose /etc is the host's with /etc/kueue/metrics/certs added."""
@@ -110,14 +127,12 @@ class Queueing(Processes):
     def _webhooks(self, component: str) -> list[dict]:
         """The component's webhook configurations, renamed to be its own, calling it at 127.0.0.1; Kueue's only for the
         kinds it serves with the JobSet integration alone (its own and JobSets)."""
-        import base64
-
         ca = base64.b64encode(self.cluster.ca.read_bytes()).decode()
         out = []
         for doc in yaml.safe_load_all((self.manifests(component) / "webhooks.yaml").read_text()):
             if not doc:
                 continue
-            doc["metadata"]["name"] = f"{component.split('-v')[0]}-{doc['metadata']['name']}"
+            doc["metadata"]["name"] = f"{component}-{doc['metadata']['name']}"
             hooks = []
             for hook in doc["webhooks"]:
                 path = hook["clientConfig"]["service"]["path"]
@@ -162,8 +177,8 @@ class Queueing(Processes):
 
     def stop(self) -> None:
         """Webhook configurations first (an unanswered webhook would refuse the next test's Jobs), then the processes."""
-        for component in (KUEUE, JOBSET):
-            for doc in self._webhooks(component) if component in self.ports else ():
-                self.cluster.kubectl("delete", doc["kind"].lower(), doc["metadata"]["name"], "--ignore-not-found", check=False)
+        for kind, name in self.webhooks:
+            self.cluster.kubectl("delete", kind, name, "--ignore-not-found", check=False)
+        self.webhooks.clear()
         for name in list(self.procs):
             self._stop(name, timeout=10)

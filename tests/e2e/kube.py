@@ -39,8 +39,18 @@ def wait_phase(cluster: ControlPlane, namespace: str, name: str, phases: tuple[s
         raise AssertionError(f"status: {json.dumps(obj.get('status'), indent=1)}\n{pods}") from None
 
 
+def items(cluster: ControlPlane, kind: str, namespace: str) -> list[dict]:
+    """Every object of ``kind`` (a resource name kubectl knows, e.g. ``jobsets.jobset.x-k8s.io``) in the namespace."""
+    return json.loads(cluster.kubectl("get", kind, "-n", namespace, "-o", "json").stdout)["items"]
+
+
 def jobs(cluster: ControlPlane, namespace: str) -> list[dict]:
-    return json.loads(cluster.kubectl("get", "jobs", "-n", namespace, "-o", "json").stdout)["items"]
+    return items(cluster, "jobs", namespace)
+
+
+def condition(obj: dict, kind: str) -> str | None:
+    """The status ("True", "False", "Unknown") of the object's condition ``kind``; None when it has none."""
+    return next((c["status"] for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == kind), None)
 
 
 def events(cluster: ControlPlane, namespace: str, name: str) -> list[dict]:

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from cluster.queueing import QUEUE, Queueing
-from kube import apply, example_manifest, jobs, wait_phase
+from kube import apply, condition, example_manifest, items, jobs, wait_phase
 
 
 @pytest.fixture(scope="module")
@@ -18,14 +18,6 @@ def queueing(cluster, operator):
         yield queueing
     finally:
         queueing.stop()
-
-
-def _custom(cluster, kind: str, namespace: str) -> list[dict]:
-    return json.loads(cluster.kubectl("get", kind, "-n", namespace, "-o", "json").stdout)["items"]
-
-
-def _condition(obj: dict, kind: str) -> str | None:
-    return next((c["status"] for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), None)
 
 
 def test_two_abtests_that_a_queue_fits_one_at_a_time_run_one_after_the_other_each_with_its_models_together(cluster, namespace, queueing):
@@ -42,7 +34,7 @@ def test_two_abtests_that_a_queue_fits_one_at_a_time_run_one_after_the_other_eac
         apply(cluster, manifest)
 
     def one_admitted():
-        jobsets = {j["metadata"]["name"]: j["spec"].get("suspend") for j in _custom(cluster, "jobsets.jobset.x-k8s.io", namespace.name)}
+        jobsets = {j["metadata"]["name"]: j["spec"].get("suspend") for j in items(cluster, "jobsets.jobset.x-k8s.io", namespace.name)}
         return jobsets if sorted(jobsets.values()) == [False, True] else None
 
     admitted = cluster.wait_for(one_admitted, 120, "Kueue to admit one JobSet and hold the other")
@@ -51,16 +43,16 @@ def test_two_abtests_that_a_queue_fits_one_at_a_time_run_one_after_the_other_eac
     held = [j for j in jobs(cluster, namespace.name) if j["metadata"]["labels"].get("abtest.dev/name") == waiting]
     assert len(held) == 2 and all(j["spec"]["suspend"] for j in held), held
     # one Kueue workload per ABTest with both models as its pod sets: one admitted, the other not
-    workloads = _custom(cluster, "workloads.kueue.x-k8s.io", namespace.name)
+    workloads = items(cluster, "workloads.kueue.x-k8s.io", namespace.name)
     assert sorted(sorted(p["name"] for p in w["spec"]["podSets"]) for w in workloads) == [["resnet", "vit"]] * 2, workloads
-    admitted_workloads = [w for w in workloads if _condition(w, "Admitted") == "True"]
+    admitted_workloads = [w for w in workloads if condition(w, "Admitted") == "True"]
     assert len(admitted_workloads) == 1, [w.get("status") for w in workloads]
     done = {name: wait_phase(cluster, namespace.name, name, ("Succeeded", "Failed"), timeout=400) for name in names}
     windows = {}
     for name, abtest in done.items():
         status = abtest["status"]
         assert status["phase"] == "Succeeded", status
-        assert {c["type"]: c["status"] for c in status["conditions"]}["AllModelsPlaced"] == "True"
+        assert condition(abtest, "AllModelsPlaced") == "True"
         assert status["result"]["concurrency"]["concurrent"] is True, status["result"]["concurrency"]
         assert [m["job"] for m in status["models"]] == [f"{name}-resnet-0", f"{name}-vit-0"]
         results = namespace.results / namespace.name / name / abtest["metadata"]["uid"]
@@ -69,6 +61,6 @@ def test_two_abtests_that_a_queue_fits_one_at_a_time_run_one_after_the_other_eac
     (a_start, a_end), (b_start, b_end) = sorted(windows.values())
     assert a_end < b_start, windows  # the second ABTest's models started after the first's had finished
     # finished JobSets are kept (their Jobs' logs) as Completed, and their workloads Finished: the quota is free
-    assert sorted(_condition(j, "Completed") for j in _custom(cluster, "jobsets.jobset.x-k8s.io", namespace.name)) == ["True"] * 2
-    finished = lambda: [_condition(w, "Finished") for w in _custom(cluster, "workloads.kueue.x-k8s.io", namespace.name)] == ["True"] * 2  # noqa: E731
+    assert sorted(condition(j, "Completed") for j in items(cluster, "jobsets.jobset.x-k8s.io", namespace.name)) == ["True"] * 2
+    finished = lambda: [condition(w, "Finished") for w in items(cluster, "workloads.kueue.x-k8s.io", namespace.name)] == ["True"] * 2  # noqa: E731
     cluster.wait_for(finished, 30, "both Kueue workloads to be Finished")

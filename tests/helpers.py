@@ -25,7 +25,7 @@ def model_cache_key() -> str:
     import timm
     import torch
 
-    source = b"".join((ROOT / "evaluator" / name).read_bytes() for name in ("train.py", "resolve.py", "kernels.py"))
+    source = b"".join((ROOT / "evaluator" / "abtest_evaluator" / name).read_bytes() for name in ("train.py", "resolve.py", "kernels.py"))
     return hashlib.sha256(source + f"{torch.__version__}{timm.__version__}{sorted(TINY_MODELS.items())}".encode()).hexdigest()[:12]
 
 

@@ -20,26 +20,26 @@ from abtest_operator.settings import OperatorConfig
 from abtest_operator.spec import load_manifest, parse_abtest
 from helpers import ROOT, abtest_cli, result_json
 
-PACKAGES = {"abtest_api": ROOT / "crds", "abtest_operator": ROOT / "operator" / "abtest_operator", "abtest_evaluator": ROOT / "evaluator"}
+PACKAGES = {"abtest_api": ROOT / "crds" / "abtest_api", "abtest_operator": ROOT / "operator" / "abtest_operator", "abtest_evaluator": ROOT / "evaluator" / "abtest_evaluator"}
 
 
 def imports(package: str) -> dict[str, set[str]]:
     """Module file -> the top-level packages it imports (anywhere in the file, lazy imports included)."""
     out = {}
-    for path in sorted(PACKAGES[package].glob("*.py")):
+    for path in sorted(PACKAGES[package].rglob("*.py")):
         found = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 found |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 found.add(node.module.split(".")[0])
-        out[path.name] = found
+        out[path.relative_to(PACKAGES[package]).as_posix()] = found
     return out
 
 
 def test_the_evaluator_never_imports_the_operator():
     offenders = {name: mods for name, mods in imports("abtest_evaluator").items() if "abtest_operator" in mods}
-    assert not offenders, f"data-plane modules import the control plane: {offenders}; move what they share into abtest_api (crds/)"
+    assert not offenders, f"data-plane modules import the control plane: {offenders}; move what they share into abtest_api (crds/abtest_api/)"
 
 
 def test_only_the_cli_and_the_local_runner_import_both_planes():

@@ -28,8 +28,9 @@ class Clients:
 
     def create_job(self, namespace: str, body: dict) -> dict:
         """Creates a Job from the dict the builders make; the answer as a dict. The generated client's
-        ``create_namespaced_job`` validates a dict body into a ``V1Job`` (pydantic) and serialises it back: in a
-        burst of ABTests that round trip was a sixth of the operator's CPU, for a body already checked by the tests."""
+        ``create_namespaced_job`` validates a dict body into a ``V1Job`` (pydantic) and serialises it back, a round trip
+        that costs much of the operator's CPU in a burst of ABTests (docs/benchmarks.md) for a body the tests already
+        check."""
         return post_json(self.batch.api_client, JOBS_PATH, body, namespace=namespace)
 
 

@@ -27,6 +27,22 @@ class OperatorMetrics:
         self.by_phase = Gauge("abtest_abtests", "ABTests by phase.", ["phase"], registry=r)
         self.reconcile_errors = Counter("abtest_reconcile_errors", "Reconcile passes that raised.", ["namespace"], registry=r)
         self.reconciles = Counter("abtest_reconciles", "Reconcile passes.", ["namespace"], registry=r)
+        self._declare_result_gauges(r)
+        self._declare_sequential_gauges(r)
+        self.phase_info = Gauge("abtest_phase", "1 for the current phase of each ABTest.", ["abtest", "namespace", "phase"], registry=r)
+        self.gc_pauses = Summary(
+            "abtest_operator_gc_pause_seconds",
+            "Python's cyclic garbage collections in the operator, by generation: every thread stands still meanwhile.",
+            ["generation"],
+            registry=r,
+        )
+        self._phases: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+        for phase in PHASES:
+            self.by_phase.labels(phase).set(0)
+
+    def _declare_result_gauges(self, r: CollectorRegistry) -> None:
+        """A finished ABTest's result: accuracy, p-values, the winner, how concurrently its models ran."""
         self.accuracy = Gauge(
             "abtest_result_accuracy", "Top-1 accuracy of each model of a finished ABTest.", ["abtest", "namespace", "model"], registry=r
         )
@@ -63,6 +79,9 @@ class OperatorMetrics:
             ["abtest", "namespace"],
             registry=r,
         )
+
+    def _declare_sequential_gauges(self, r: CollectorRegistry) -> None:
+        """A sequential ABTest's latest look."""
         self.sequential_z = Gauge(
             "abtest_sequential_z",
             "z of the discordant pairs of each pair at the latest look of a sequential ABTest (positive: A ahead).",
@@ -78,17 +97,6 @@ class OperatorMetrics:
         self.sequential_look = Gauge(
             "abtest_sequential_look", "The latest look analysed of a sequential ABTest.", ["abtest", "namespace"], registry=r
         )
-        self.phase_info = Gauge("abtest_phase", "1 for the current phase of each ABTest.", ["abtest", "namespace", "phase"], registry=r)
-        self.gc_pauses = Summary(
-            "abtest_operator_gc_pause_seconds",
-            "Python's cyclic garbage collections in the operator, by generation: every thread stands still meanwhile.",
-            ["generation"],
-            registry=r,
-        )
-        self._phases: dict[tuple[str, str], str] = {}
-        self._lock = threading.Lock()
-        for phase in PHASES:
-            self.by_phase.labels(phase).set(0)
 
     def time_gc(self, clock=time.perf_counter):
         """Times each garbage collection of this process (gc.callbacks run in the collecting thread, holding the GIL);

@@ -8,16 +8,13 @@ creates, what status it writes, which Events it posts, how it fails.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextvars
 import copy
 import dataclasses
 import logging
 import sys
 import threading
-import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import kopf
@@ -25,11 +22,13 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from abtest_api.constants import LABEL_NAME, LABEL_UID
-from abtest_operator import handlers
-from abtest_operator.metrics import OperatorMetrics
+from abtest_operator import handlers, kopf_workarounds
+from abtest_operator import reconcile as reconciler
+from abtest_operator.clients import Clients
 from abtest_operator.settings import OperatorConfig
 from abtest_operator.spec import load_manifest
-from abtest_operator.watched import JobNews, Written
+from abtest_operator.state import operator_state
+from abtest_operator.watched import Written
 from fake_kube import FakeCluster
 from helpers import ROOT
 
@@ -63,21 +62,11 @@ def cluster() -> FakeCluster:
 
 @pytest.fixture
 def memo(cluster) -> kopf.Memo:
-    clients = handlers.Clients(batch=cluster.batch, core=cluster.core, custom=cluster.custom, rbac=cluster.rbac)
-    return kopf.Memo(
-        clients=clients,
-        config=OperatorConfig(image="registry.example/evaluator:test"),
-        metrics=OperatorMetrics(),
-        events=RecordedEvents(),
-        claims=set(),
-        specs={},
-        written=Written(),
-        job_news=JobNews(),
-        locks=collections.defaultdict(threading.Lock),
-        clock=time.monotonic,
-        last_pass={},
-        resync_pool=ThreadPoolExecutor(max_workers=1),
+    clients = Clients(batch=cluster.batch, core=cluster.core, custom=cluster.custom, rbac=cluster.rbac)
+    state = operator_state(
+        clients=clients, config=OperatorConfig(image="registry.example/evaluator:test"), events=RecordedEvents(), resync_workers=1
     )
+    return kopf.Memo(state=state)
 
 
 def apply_abtest(cluster: FakeCluster, mutate=None) -> dict:
@@ -90,7 +79,7 @@ def apply_abtest(cluster: FakeCluster, mutate=None) -> dict:
 
 def reconcile(memo, cluster, abtest) -> dict:
     """One pass over the ABTest as stored now (kopf hands the handler the latest body)."""
-    return handlers.reconcile(memo, copy.deepcopy(cluster.get("ABTest", NS, abtest["metadata"]["name"])), cluster.seen())
+    return reconciler.reconcile(memo.state, copy.deepcopy(cluster.get("ABTest", NS, abtest["metadata"]["name"])), cluster.seen())
 
 
 def complete(cluster, name):
@@ -108,7 +97,7 @@ def test_first_pass_creates_the_claim_and_one_job_per_model(memo, cluster):
     assert all(j["metadata"]["ownerReferences"][0]["uid"] == abtest["metadata"]["uid"] for j in cluster.of_kind("Job"))
     assert new["phase"] == "Pending" and cluster.get("ABTest", NS, abtest["metadata"]["name"])["status"]["phase"] == "Pending"
     message = "phase none -> Pending; created digits-resnet-vs-vit-resnet, digits-resnet-vs-vit-vit"
-    assert memo.events.posted == [("Normal", "JobsCreated", message)]  # one Event per pass: each is a request
+    assert memo.state.events.posted == [("Normal", "JobsCreated", message)]  # one Event per pass: each is a request
 
 
 def test_a_pass_with_nothing_new_creates_nothing_and_writes_nothing(memo, cluster):
@@ -121,7 +110,7 @@ def test_a_pass_with_nothing_new_creates_nothing_and_writes_nothing(memo, cluste
     reconcile(memo, cluster, abtest)
     new_calls = {k: v - before.get(k, 0) for k, v in cluster.calls.items() if v != before.get(k, 0)}
     assert new_calls == {}  # the watches hold everything a pass reads: no list, no create, no status patch
-    assert len(cluster.of_kind("Job")) == 2 and memo.events.reasons() == ["JobsCreated", "Running"]
+    assert len(cluster.of_kind("Job")) == 2 and memo.state.events.reasons() == ["JobsCreated", "Running"]
 
 
 def test_already_exists_from_our_own_earlier_pass_is_success(memo, cluster):
@@ -129,11 +118,11 @@ def test_already_exists_from_our_own_earlier_pass_is_success(memo, cluster):
     seen_before = cluster.seen()
     reconcile(memo, cluster, abtest)
     # The watch has not delivered our Jobs yet: the creates answer 409, the read shows they are ours.
-    handlers.reconcile(memo, copy.deepcopy(cluster.get("ABTest", NS, abtest["metadata"]["name"])), seen_before)
+    reconciler.reconcile(memo.state, copy.deepcopy(cluster.get("ABTest", NS, abtest["metadata"]["name"])), seen_before)
     assert cluster.calls["create_namespaced_job"] == 4 and cluster.calls["read_namespaced_job"] == 2
     assert len(cluster.of_kind("Job")) == 2
     status = cluster.get("ABTest", NS, abtest["metadata"]["name"])["status"]
-    assert status["phase"] == "Pending" and "NameConflict" not in memo.events.reasons()
+    assert status["phase"] == "Pending" and "NameConflict" not in memo.state.events.reasons()
 
 
 def test_a_name_taken_by_another_abtest_fails_with_the_reason(memo, cluster):
@@ -163,7 +152,7 @@ def test_a_name_taken_by_another_abtest_fails_with_the_reason(memo, cluster):
         reconcile(memo, cluster, abtest)
     status = cluster.get("ABTest", NS, abtest["metadata"]["name"])["status"]
     assert status["phase"] == "Failed" and "Job team-a/digits-resnet-vs-vit-vit already exists" in status["reason"]
-    assert memo.events.posted[-1][:2] == ("Warning", "NameConflict")
+    assert memo.state.events.posted[-1][:2] == ("Warning", "NameConflict")
 
 
 def test_an_invalid_spec_is_failed_once_with_the_field_named(memo, cluster):
@@ -173,7 +162,7 @@ def test_an_invalid_spec_is_failed_once_with_the_field_named(memo, cluster):
     assert reconcile(memo, cluster, abtest)["phase"] == "Failed"  # latched: the next pass changes nothing
     status = cluster.get("ABTest", NS, abtest["metadata"]["name"])["status"]
     assert status["phase"] == "Failed" and "spec.models[0].checkpoint" in status["reason"] and "modelsVolume" in status["reason"]
-    assert memo.events.reasons() == ["InvalidSpec"]
+    assert memo.state.events.reasons() == ["InvalidSpec"]
     assert cluster.calls["patch_namespaced_custom_object_status"] == 1 and not cluster.of_kind("Job")
 
 
@@ -191,7 +180,7 @@ def test_all_models_done_starts_the_analysis_with_its_own_scoped_account(memo, c
     assert analysis["spec"]["template"]["spec"]["serviceAccountName"] == "digits-resnet-vs-vit-analysis"
     complete(cluster, "digits-resnet-vs-vit-analysis")
     assert reconcile(memo, cluster, abtest)["phase"] == "Succeeded"
-    assert memo.events.reasons()[-1] == "Succeeded"
+    assert memo.state.events.reasons()[-1] == "Succeeded"
 
 
 def test_a_failed_model_names_the_pod_message_and_stops_the_others(memo, cluster):
@@ -234,14 +223,14 @@ def test_a_failed_model_names_the_pod_message_and_stops_the_others(memo, cluster
     assert new["phase"] == "Failed"
     assert new["reason"] == "model resnet failed: PodFailurePolicy: checkpoint does not fit timm/resnet10t"
     assert cluster.get("Job", NS, "digits-resnet-vs-vit-vit")["spec"]["suspend"] is True
-    assert ("Warning", "Failed", new["reason"]) in memo.events.posted
+    assert ("Warning", "Failed", new["reason"]) in memo.state.events.posted
 
 
 def test_terminal_phases_are_never_rederived(memo, cluster):
     abtest = apply_abtest(cluster)
     abtest["status"] = {"phase": "Succeeded", "result": {"winner": "resnet"}}
     calls = dict(cluster.calls)
-    assert handlers.reconcile(memo, abtest, cluster.seen()) == abtest["status"]
+    assert reconciler.reconcile(memo.state, abtest, cluster.seen()) == abtest["status"]
     assert dict(cluster.calls) == calls and not cluster.of_kind("Job")  # nothing read, nothing created
 
 
@@ -251,7 +240,7 @@ def test_a_pass_from_a_stale_read_never_overwrites_and_decides_again_from_the_st
     stored = cluster.get("ABTest", NS, abtest["metadata"]["name"])
     stored["status"] = {"phase": "Failed", "reason": "written meanwhile"}
     stored["metadata"]["resourceVersion"] = "newer"
-    assert handlers.reconcile(memo, stale, cluster.seen()) == {"phase": "Failed", "reason": "written meanwhile"}
+    assert reconciler.reconcile(memo.state, stale, cluster.seen()) == {"phase": "Failed", "reason": "written meanwhile"}
     assert cluster.calls["patch_namespaced_custom_object_status"] == 1  # the conditional patch failed; nothing else written
     assert cluster.calls["get_namespaced_custom_object"] == 1 and stored["status"]["reason"] == "written meanwhile"
 
@@ -260,9 +249,9 @@ def test_api_errors_propagate_for_kopf_to_retry_and_are_counted(memo, cluster):
     abtest = apply_abtest(cluster)
     cluster.fail_next["create_namespaced_job"] = ApiException(status=503, reason="Service Unavailable")
     with pytest.raises(ApiException):
-        handlers._guarded(memo, copy.deepcopy(abtest), cluster.seen())
-    assert memo.metrics.reconcile_errors.labels(NS)._value.get() == 1
-    handlers._guarded(memo, copy.deepcopy(abtest), cluster.seen())  # the retry succeeds
+        reconciler.guarded(memo.state, copy.deepcopy(abtest), cluster.seen())
+    assert memo.state.metrics.reconcile_errors.labels(NS)._value.get() == 1
+    reconciler.guarded(memo.state, copy.deepcopy(abtest), cluster.seen())  # the retry succeeds
     assert len(cluster.of_kind("Job")) == 2
 
 
@@ -293,7 +282,7 @@ def test_a_stalled_pod_is_a_condition_and_a_warning_at_once(memo, cluster):
     new = reconcile(memo, cluster, abtest)
     stalled = next(c for c in new["conditions"] if c["type"] == "Stalled")
     assert stalled["status"] == "True" and "model vit: unschedulable: 0/1 nodes" in stalled["message"]
-    assert ("Warning", "Stalled", stalled["message"]) in memo.events.posted and new["phase"] != "Failed"
+    assert ("Warning", "Stalled", stalled["message"]) in memo.state.events.posted and new["phase"] != "Failed"
 
 
 def test_leftover_jobs_of_a_failed_abtest_are_suspended_on_their_events(memo, cluster):
@@ -312,7 +301,7 @@ def test_an_operator_upgraded_mid_test_keeps_the_image_the_first_jobs_run(memo, 
     reconcile(memo, cluster, abtest)
     first_image = cluster.get("Job", NS, "digits-resnet-vs-vit-resnet")["spec"]["template"]["spec"]["containers"][0]["image"]
     del cluster.objects[("Job", NS, "digits-resnet-vs-vit-vit")]  # deleted by hand, say
-    memo.config = dataclasses.replace(memo.config, image="registry.example/evaluator:upgraded")
+    memo.state.config = dataclasses.replace(memo.state.config, image="registry.example/evaluator:upgraded")
     new = reconcile(memo, cluster, abtest)
     recreated = cluster.get("Job", NS, "digits-resnet-vs-vit-vit")["spec"]["template"]["spec"]["containers"][0]
     assert new["image"] == first_image == recreated["image"] == "registry.example/evaluator:test"
@@ -325,7 +314,7 @@ def test_a_refused_image_fails_before_anything_is_created(memo, cluster):
         reconcile(memo, cluster, abtest)
     status = cluster.get("ABTest", NS, abtest["metadata"]["name"])["status"]
     assert status["phase"] == "Failed" and "spec.image 'docker.io/someone/else:latest' is not allowed" in status["reason"]
-    assert not cluster.of_kind("Job") and memo.events.reasons() == ["InvalidSpec"]
+    assert not cluster.of_kind("Job") and memo.state.events.reasons() == ["InvalidSpec"]
 
 
 def test_a_job_without_a_pod_is_asked_why_only_after_the_grace_period(memo, cluster):
@@ -343,12 +332,12 @@ def test_a_job_without_a_pod_is_asked_why_only_after_the_grace_period(memo, clus
         },
     )
     created = datetime.fromisoformat(job["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
-    young = handlers.reconcile(memo, cluster.get("ABTest", NS, "digits-resnet-vs-vit"), cluster.seen(), now=created)
+    young = reconciler.reconcile(memo.state, cluster.get("ABTest", NS, "digits-resnet-vs-vit"), cluster.seen(), now=created)
     assert cluster.calls["list_namespaced_event"] == 0 and not any(
         c["type"] == "Stalled" and c["status"] == "True" for c in young["conditions"]
     )
-    later = created + timedelta(seconds=handlers.POD_CREATE_GRACE_SECONDS)
-    old = handlers.reconcile(memo, copy.deepcopy(cluster.get("ABTest", NS, "digits-resnet-vs-vit")), cluster.seen(), now=later)
+    later = created + timedelta(seconds=reconciler.POD_CREATE_GRACE_SECONDS)
+    old = reconciler.reconcile(memo.state, copy.deepcopy(cluster.get("ABTest", NS, "digits-resnet-vs-vit")), cluster.seen(), now=later)
     stalled = next(c for c in old["conditions"] if c["type"] == "Stalled")
     assert (
         stalled["status"] == "True" and "model vit: pod creation refused: " in stalled["message"] and "exceeded quota" in stalled["message"]
@@ -375,7 +364,7 @@ def test_a_queued_abtest_is_one_suspended_jobset_whose_waiting_jobs_are_not_stal
     reconcile(memo, cluster, abtest)  # the Jobs' ADDED events
     calls = dict(cluster.calls)
     later = datetime.now(UTC) + timedelta(hours=1)
-    new = handlers.reconcile(memo, copy.deepcopy(cluster.get("ABTest", NS, abtest["metadata"]["name"])), cluster.seen(), now=later)
+    new = reconciler.reconcile(memo.state, copy.deepcopy(cluster.get("ABTest", NS, abtest["metadata"]["name"])), cluster.seen(), now=later)
     assert new["phase"] == "Pending" and dict(cluster.calls) == calls  # waiting in the queue: nothing asked, nothing written
     assert [m["job"] for m in new["models"]] == ["digits-resnet-vs-vit-resnet-0", "digits-resnet-vs-vit-vit-0"]
     assert not any(c["type"] == "Stalled" and c["status"] == "True" for c in new["conditions"])
@@ -446,9 +435,9 @@ def test_a_whole_lifecycle_costs_the_operator_few_requests(memo, cluster):
         )
     stored = cluster.get("ABTest", NS, abtest["metadata"]["name"])["status"]
     assert stored["phase"] == "Succeeded" and cluster.calls["create_namespaced_job"] == 3
-    requests = sum(cluster.calls.values()) + len(memo.events.posted)
-    assert requests <= 18, (dict(cluster.calls), memo.events.posted)
-    assert memo.events.reasons() == ["JobsCreated", "Running", "JobsCreated", "Succeeded"]
+    requests = sum(cluster.calls.values()) + len(memo.state.events.posted)
+    assert requests <= 18, (dict(cluster.calls), memo.state.events.posted)
+    assert memo.state.events.reasons() == ["JobsCreated", "Running", "JobsCreated", "Succeeded"]
 
 
 def indexes(cluster) -> dict:
@@ -458,13 +447,13 @@ def indexes(cluster) -> dict:
 
 def test_a_pass_before_the_watches_deliver_our_writes_repeats_none_of_them(memo, cluster):
     """Job events arrive while the watches still show the ABTest and Jobs as they were before the last pass: the
-    operator's own writes (memo.written, like client-go's expectations) keep it from creating or writing twice."""
+    operator's own writes (memo.state.written, like client-go's expectations) keep it from creating or writing twice."""
     abtest = apply_abtest(cluster)
-    stale = dataclasses.replace(cluster.seen(), written=memo.written)  # the watches, frozen before the first pass
-    handlers._guarded(memo, copy.deepcopy(abtest), stale)
+    stale = dataclasses.replace(cluster.seen(), written=memo.state.written)  # the watches, frozen before the first pass
+    reconciler.guarded(memo.state, copy.deepcopy(abtest), stale)
     calls = dict(cluster.calls)
     assert calls["create_namespaced_job"] == 2 and calls["patch_namespaced_custom_object_status"] == 1
-    handlers._guarded(memo, copy.deepcopy(abtest), stale)
+    reconciler.guarded(memo.state, copy.deepcopy(abtest), stale)
     assert dict(cluster.calls) == calls  # no 409s, no GET, no second status write
     stored = cluster.get("ABTest", NS, abtest["metadata"]["name"])
     assert stale.abtest(NS, stored["metadata"]["uid"])["metadata"]["resourceVersion"] == stored["metadata"]["resourceVersion"]
@@ -477,26 +466,40 @@ def test_no_handler_makes_kopf_put_a_finalizer_on_abtests():
 
 
 def test_no_handler_needs_the_diff_base_the_operator_does_not_build():
-    """handlers.NoDiffBase leaves kopf no diff to see: fine only while no handler reacts to changes."""
+    """kopf_workarounds.NoDiffBase leaves kopf no diff to see: fine only while no handler reacts to changes."""
     registry = kopf.get_default_registry()
     assert not registry._changing.get_all_handlers()  # no on.create / on.update / on.resume / on.field / on.delete
     assert all(getattr(h, "idle", None) is None for h in registry._spawning.get_all_handlers())  # no idle timers
-    assert handlers.NoDiffBase().build(body=kopf.Body({"spec": {"a": 1}, "status": {"b": 2}})) == {}
+    assert kopf_workarounds.NoDiffBase().build(body=kopf.Body({"spec": {"a": 1}, "status": {"b": 2}})) == {}
 
 
 def test_the_echo_of_our_own_write_starts_no_pass(memo, cluster):
     abtest = apply_abtest(cluster)
     handlers.abtest_changed(event={"type": "ADDED"}, body=kopf.Body(copy.deepcopy(abtest)), memo=memo, **indexes(cluster))
-    passes = memo.metrics.reconciles.labels(NS)._value.get()
+    passes = memo.state.metrics.reconciles.labels(NS)._value.get()
     job = cluster.get("Job", NS, "digits-resnet-vs-vit-vit")  # as the create answered: its ADDED event
     handlers.job_changed(event={"type": "ADDED"}, body=kopf.Body(copy.deepcopy(job)), namespace=NS, memo=memo, **indexes(cluster))
     stored = cluster.get("ABTest", NS, abtest["metadata"]["name"])  # our status write, coming back
     handlers.abtest_changed(event={"type": "MODIFIED"}, body=kopf.Body(copy.deepcopy(stored)), memo=memo, **indexes(cluster))
-    assert memo.metrics.reconciles.labels(NS)._value.get() == passes
+    assert memo.state.metrics.reconciles.labels(NS)._value.get() == passes
     cluster.set_job_status("digits-resnet-vs-vit-vit", NS, {"active": 1})  # the Job controller's write is news
     job = cluster.get("Job", NS, "digits-resnet-vs-vit-vit")
     handlers.job_changed(event={"type": "MODIFIED"}, body=kopf.Body(copy.deepcopy(job)), namespace=NS, memo=memo, **indexes(cluster))
-    assert memo.metrics.reconciles.labels(NS)._value.get() == passes + 1
+    assert memo.state.metrics.reconciles.labels(NS)._value.get() == passes + 1
+
+
+def test_a_deleted_abtest_is_forgotten_whole(memo, cluster):
+    """The operator keeps one record per ABTest (its lock, parsed spec, last pass): a deletion drops it, with the
+    ABTest's writes not yet seen and its metrics."""
+    abtest = apply_abtest(cluster)
+    handlers.abtest_changed(event={"type": "ADDED"}, body=kopf.Body(copy.deepcopy(abtest)), memo=memo, **indexes(cluster))
+    key = (NS, abtest["metadata"]["uid"])
+    assert key in memo.state.abtests and key in memo.state.written.abtests and key in memo.state.written.jobs
+    stored = copy.deepcopy(cluster.get("ABTest", NS, abtest["metadata"]["name"]))
+    handlers.abtest_changed(event={"type": "DELETED"}, body=kopf.Body(stored), memo=memo, **indexes(cluster))
+    assert key not in memo.state.abtests and key not in memo.state.written.abtests and key not in memo.state.written.jobs
+    phases = [s for m in memo.state.metrics.registry.collect() for s in m.samples if s.name == "abtest_phase"]
+    assert not [s for s in phases if s.labels["abtest"] == abtest["metadata"]["name"]]
 
 
 def test_a_job_deleted_after_its_creation_was_seen_is_created_again(memo, cluster):
@@ -512,16 +515,16 @@ def test_a_job_deleted_after_its_creation_was_seen_is_created_again(memo, cluste
 
 def test_a_write_whose_watch_event_never_came_is_trusted_only_for_a_while(memo, cluster):
     clock = [0.0]
-    memo.written = Written(ttl=60, clock=lambda: clock[0])
+    memo.state.written = Written(ttl=60, clock=lambda: clock[0])
     abtest = apply_abtest(cluster)
-    stale = dataclasses.replace(cluster.seen(), written=memo.written)  # the watches never deliver the Jobs
-    handlers._guarded(memo, copy.deepcopy(abtest), stale)
+    stale = dataclasses.replace(cluster.seen(), written=memo.state.written)  # the watches never deliver the Jobs
+    reconciler.guarded(memo.state, copy.deepcopy(abtest), stale)
     for name in ("digits-resnet-vs-vit-resnet", "digits-resnet-vs-vit-vit"):
         del cluster.objects[("Job", NS, name)]  # deleted before their events came
-    handlers._guarded(memo, copy.deepcopy(abtest), stale)
+    reconciler.guarded(memo.state, copy.deepcopy(abtest), stale)
     assert cluster.calls["create_namespaced_job"] == 2  # still trusted
     clock[0] = 61.0
-    handlers._guarded(memo, copy.deepcopy(abtest), stale)
+    reconciler.guarded(memo.state, copy.deepcopy(abtest), stale)
     assert cluster.calls["create_namespaced_job"] == 4 and len(cluster.of_kind("Job")) == 2
 
 
@@ -571,19 +574,20 @@ def test_a_sharded_model_is_one_indexed_job_whose_pods_learn_their_part(memo, cl
 def test_a_spec_is_parsed_once_per_generation(cluster, memo, monkeypatch):
     """Passes for Job events reuse the spec parsed at this generation; a new generation is parsed (and validated) again."""
     parsed = []
-    parse = handlers.parse_abtest
-    monkeypatch.setattr(handlers, "parse_abtest", lambda manifest: parsed.append(manifest["metadata"]["generation"]) or parse(manifest))
+    parse = reconciler.parse_abtest
+    monkeypatch.setattr(reconciler, "parse_abtest", lambda manifest: parsed.append(manifest["metadata"]["generation"]) or parse(manifest))
     abtest = apply_abtest(cluster)
-    first = handlers.parsed_spec(memo.specs, abtest)
-    assert handlers.parsed_spec(memo.specs, copy.deepcopy(abtest)) is first and parsed == [1]
+    record = memo.state.record(NS, abtest["metadata"]["uid"])
+    first = reconciler.parsed_spec(record, abtest)
+    assert reconciler.parsed_spec(record, copy.deepcopy(abtest)) is first and parsed == [1]
     changed = copy.deepcopy(abtest)
     changed["metadata"]["generation"] = 2
     changed["spec"]["analysis"] = {"alpha": 0.01}
-    assert handlers.parsed_spec(memo.specs, changed).alpha == 0.01 and parsed == [1, 2]
+    assert reconciler.parsed_spec(record, changed).alpha == 0.01 and parsed == [1, 2]
     changed["spec"]["analysis"] = {"alpha": 2}  # invalid at generation 3: refused, never served from the cache
     changed["metadata"]["generation"] = 3
-    with pytest.raises(handlers.UserError, match="alpha"):
-        handlers.parsed_spec(memo.specs, changed)
+    with pytest.raises(reconciler.UserError, match="alpha"):
+        reconciler.parsed_spec(record, changed)
 
 
 def test_own_writes_are_safe_to_read_while_other_threads_add_theirs():
@@ -634,11 +638,11 @@ def test_a_job_event_that_changes_nothing_a_pass_reads_starts_no_pass(memo, clus
             job["spec"]["suspend"] = suspend
         cluster.set_job_status(name, NS, job["status"] if job_status is None else job_status)  # a write: a new version
         handlers.job_changed(event={"type": kind}, body=kopf.Body(copy.deepcopy(job)), namespace=NS, memo=memo, **indexes(cluster))
-        return memo.metrics.reconciles.labels(NS)._value.get()
+        return memo.state.metrics.reconciles.labels(NS)._value.get()
 
     created = copy.deepcopy(cluster.get("Job", NS, name))  # its ADDED event: the JobSet controller's create
     handlers.job_changed(event={"type": "ADDED"}, body=kopf.Body(created), namespace=NS, memo=memo, **indexes(cluster))
-    passes = memo.metrics.reconciles.labels(NS)._value.get()
+    passes = memo.state.metrics.reconciles.labels(NS)._value.get()
     suspended = {"conditions": [{"type": "Suspended", "status": "True", "lastTransitionTime": "2026-11-27T12:00:01Z"}]}
     assert job_event("MODIFIED", suspended) == passes  # the Suspended condition: no pass
     assert job_event("MODIFIED", suspend=False) == passes + 1  # admitted by the queue
@@ -648,7 +652,7 @@ def test_a_job_event_that_changes_nothing_a_pass_reads_starts_no_pass(memo, clus
     job = copy.deepcopy(cluster.get("Job", NS, name))
     del cluster.objects[("Job", NS, name)]
     handlers.job_changed(event={"type": "DELETED"}, body=kopf.Body(job), namespace=NS, memo=memo, **indexes(cluster))
-    assert memo.metrics.reconciles.labels(NS)._value.get() == passes + 4  # a deletion is always news
+    assert memo.state.metrics.reconciles.labels(NS)._value.get() == passes + 4  # a deletion is always news
     # the pass makes sure the JobSet exists (its controller re-creates the Job): one JobSet, still
     assert cluster.calls["create_namespaced_custom_object"] == 2 and len(cluster.of_kind("JobSet")) == 1
 
@@ -657,7 +661,7 @@ YIELD = asyncio.sleep  # the real one, for the virtual clock's sleep to hand the
 
 
 class VirtualTime:
-    """memo.clock and asyncio.sleep for the resync coroutine: a sleep moves the clock on at once, running on the way
+    """memo.state.clock and asyncio.sleep for the resync coroutine: a sleep moves the clock on at once, running on the way
     the passes that ABTest or Job events start at their times."""
 
     def __init__(self, events: dict[float, object], until: float, on_end):
@@ -706,13 +710,13 @@ def resync_passes(memo, cluster, monkeypatch, *, until: float, events=(), finish
         live["status"] = {"phase": "Succeeded"}
 
     def event_pass() -> None:
-        handlers._guarded(memo, copy.deepcopy(cluster.get("ABTest", NS, abtest["metadata"]["name"])), cluster.seen())
+        reconciler.guarded(memo.state, copy.deepcopy(cluster.get("ABTest", NS, abtest["metadata"]["name"])), cluster.seen())
 
     clock = VirtualTime(dict.fromkeys(events, event_pass), until, on_end=lambda: live.update(status={"phase": "Succeeded"}))
-    monkeypatch.setattr(handlers.asyncio, "sleep", clock.sleep)
-    memo.clock = clock.clock
-    started, reconcile_once = [], handlers.reconcile
-    monkeypatch.setattr(handlers, "reconcile", lambda *a, **kw: started.append(clock.now) or reconcile_once(*a, **kw))
+    monkeypatch.setattr(asyncio, "sleep", clock.sleep)
+    memo.state.clock = clock.clock
+    started, reconcile_once = [], reconciler.reconcile
+    monkeypatch.setattr(reconciler, "reconcile", lambda *a, **kw: started.append(clock.now) or reconcile_once(*a, **kw))
     indexes = {
         name: LiveIndex(cluster, part) for name, part in (("abtest_jobs", "jobs"), ("abtest_pods", "pods"), ("abtests_by_uid", "abtests"))
     }
@@ -722,9 +726,9 @@ def resync_passes(memo, cluster, monkeypatch, *, until: float, events=(), finish
 
 
 def test_the_resync_gives_a_quiet_abtest_a_pass_every_interval_and_ends_with_it(memo, cluster, monkeypatch):
-    assert memo.config.resync_seconds == 15
+    assert memo.state.config.resync_seconds == 15
     assert resync_passes(memo, cluster, monkeypatch, until=50) == [15, 30, 45]
-    assert len(cluster.of_kind("Job")) == 2 and memo.events.reasons() == ["JobsCreated"]  # posted from a resync thread
+    assert len(cluster.of_kind("Job")) == 2 and memo.state.events.reasons() == ["JobsCreated"]  # posted from a resync thread
 
 
 def test_a_pass_from_an_event_postpones_the_resync(memo, cluster, monkeypatch):
@@ -735,7 +739,7 @@ def test_a_failed_pass_is_retried_by_the_next_resync_with_a_warning(memo, cluste
     cluster.fail_next["create_namespaced_job"] = ApiException(status=503, reason="Service Unavailable")
     with caplog.at_level(logging.WARNING, logger="abtest.test"):
         assert resync_passes(memo, cluster, monkeypatch, until=40) == [15, 30]
-    assert memo.metrics.reconcile_errors.labels(NS)._value.get() == 1 and len(cluster.of_kind("Job")) == 2
+    assert memo.state.metrics.reconcile_errors.labels(NS)._value.get() == 1 and len(cluster.of_kind("Job")) == 2
     (warning,) = [r.getMessage() for r in caplog.records]  # one line, with the status and the reason
     assert warning.startswith("resync pass failed, retried in 15 s: ServiceException: (503) Reason: Service Unavailable HTTP")
 

@@ -14,7 +14,7 @@ from kubernetes import client
 
 from abtest_api.crd import load_crd
 from abtest_api.errors import UserError
-from abtest_operator import manifests, policy, status
+from abtest_operator import jobs, manifests, names, policy, status
 from abtest_operator.settings import OperatorConfig, config_from_env
 from abtest_operator.spec import load_manifest, parse_abtest, validate_manifest
 from helpers import INVALID_SPECS, ROOT
@@ -78,7 +78,7 @@ def test_model_jobs_share_everything_but_the_model():
         c = job["spec"]["template"]["spec"]["containers"][0]
         assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
         assert job["metadata"]["ownerReferences"][0]["uid"] == UID
-        assert job["metadata"]["labels"][manifests.LABEL_NAME] == "digits-3way"
+        assert job["metadata"]["labels"][names.LABEL_NAME] == "digits-3way"
         assert job["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
         assert c["args"][c["args"].index("--checkpoint") + 1].startswith("/models/checkpoints/")
 
@@ -103,9 +103,9 @@ def test_cpu_device_requests_no_gpu_and_parity_fields_apply_to_all():
 
 
 def test_long_names_stay_valid_and_deterministic():
-    name = manifests.object_name("a" * 50, "model-with-a-long-name")
-    assert len(name) <= 63 and name == manifests.object_name("a" * 50, "model-with-a-long-name")
-    assert name != manifests.object_name("a" * 50, "model-with-a-long-namf")
+    name = names.object_name("a" * 50, "model-with-a-long-name")
+    assert len(name) <= 63 and name == names.object_name("a" * 50, "model-with-a-long-name")
+    assert name != names.object_name("a" * 50, "model-with-a-long-namf")
 
 
 def test_analysis_rbac_is_scoped_to_one_abtest_status():
@@ -146,8 +146,8 @@ def test_render_cli_prints_the_jobs():
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def job(state: str, reason="", message="") -> status.JobState:
-    return status.JobState(state, reason, message, start="2026-01-01T00:00:00Z" if state != "Missing" else None)
+def job(state: str, reason="", message="") -> jobs.JobState:
+    return jobs.JobState(jobs.JobPhase(state), reason, message, start="2026-01-01T00:00:00Z" if state != "Missing" else None)
 
 
 @pytest.mark.parametrize(
@@ -204,12 +204,12 @@ def test_results_from_the_analysis_flow_into_models():
 
 
 def test_job_state_reads_job_conditions():
-    assert status.job_state(None).phase == "Missing"
-    assert status.job_state({"status": {}}).phase == "Pending"
-    assert status.job_state({"status": {"active": 1, "startTime": "t"}}).phase == "Running"
-    done = status.job_state({"status": {"conditions": [{"type": "Complete", "status": "True"}], "completionTime": "t2"}})
+    assert jobs.job_state(None).phase == "Missing"
+    assert jobs.job_state({"status": {}}).phase == "Pending"
+    assert jobs.job_state({"status": {"active": 1, "startTime": "t"}}).phase == "Running"
+    done = jobs.job_state({"status": {"conditions": [{"type": "Complete", "status": "True"}], "completionTime": "t2"}})
     assert done.phase == "Succeeded" and done.completion == "t2"
-    failed = status.job_state(
+    failed = jobs.job_state(
         {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "too long"}]}}
     )
     assert (failed.phase, failed.reason, failed.message) == ("Failed", "DeadlineExceeded", "too long")
@@ -343,7 +343,7 @@ def test_already_exists_counts_as_created_only_for_our_own_objects():
     from kubernetes.client.exceptions import ApiException
 
     from abtest_api.errors import NameConflict
-    from abtest_operator.handlers import create_if_missing
+    from abtest_operator.reconcile import create_if_missing
 
     def exists(namespace, body, **_):
         raise ApiException(status=409, reason="AlreadyExists")
@@ -396,13 +396,13 @@ def test_already_exists_counts_as_created_only_for_our_own_objects():
     ],
 )
 def test_pod_stall_names_causes_that_do_not_resolve(pod, cause):
-    assert status.pod_stall(pod, NOW) == cause
+    assert jobs.pod_stall(pod, NOW) == cause
 
 
 def test_a_pod_unschedulable_for_a_moment_is_not_stalled():
     """While its claim is being bound a pod is briefly unschedulable ("pod has unbound immediate
     PersistentVolumeClaims"); the scheduler retries it when the claim binds, so only a lasting one is a stall."""
-    since = NOW - timedelta(seconds=status.UNSCHEDULABLE_GRACE_SECONDS - 1)
+    since = NOW - timedelta(seconds=jobs.UNSCHEDULABLE_GRACE_SECONDS - 1)
     condition = {
         "type": "PodScheduled",
         "status": "False",
@@ -411,9 +411,9 @@ def test_a_pod_unschedulable_for_a_moment_is_not_stalled():
     }
     condition["message"] = "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims."
     pod = {"status": {"conditions": [condition]}}
-    assert status.pod_stall(pod, NOW) == ""
+    assert jobs.pod_stall(pod, NOW) == ""
     later = NOW + timedelta(seconds=1)
-    assert status.pod_stall(pod, later) == "unschedulable: " + condition["message"]
+    assert jobs.pod_stall(pod, later) == "unschedulable: " + condition["message"]
 
 
 def test_a_stall_is_a_condition_at_once_and_a_failure_after_the_timeout():
@@ -482,7 +482,7 @@ def test_status_patches_are_conditional_on_the_version_the_pass_read():
 
     from kubernetes.client.exceptions import ApiException
 
-    from abtest_operator.handlers import patch_status
+    from abtest_operator.reconcile import patch_status
 
     sent = []
 
@@ -580,16 +580,20 @@ def test_settings_come_from_the_charts_environment():
 
 def test_the_image_is_frozen_by_the_first_job():
     spec = parse_abtest(example())
-    running = status.JobState("Running", image="registry.example/abtest/evaluator:v1")
+    running = jobs.JobState(jobs.JobPhase.RUNNING, image="registry.example/abtest/evaluator:v1")
     derived = status.derive_status(
-        spec, 1, {"resnet": running, "vit": status.JobState("Missing")}, status.JobState("Missing"), default_image="new:v2"
+        spec,
+        1,
+        {"resnet": running, "vit": jobs.JobState(jobs.JobPhase.MISSING)},
+        jobs.JobState(jobs.JobPhase.MISSING),
+        default_image="new:v2",
     )
     assert derived["image"] == "registry.example/abtest/evaluator:v1"
     fresh = status.derive_status(
         spec,
         1,
-        {"resnet": status.JobState("Missing"), "vit": status.JobState("Missing")},
-        status.JobState("Missing"),
+        {"resnet": jobs.JobState(jobs.JobPhase.MISSING), "vit": jobs.JobState(jobs.JobPhase.MISSING)},
+        jobs.JobState(jobs.JobPhase.MISSING),
         default_image="new:v2",
     )
     assert fresh["image"] == "new:v2"
@@ -645,4 +649,4 @@ def test_a_queued_abtest_renders_one_suspended_jobset_whose_jobs_are_the_unqueue
         assert replicated["replicas"] == 1
         assert replicated["template"]["spec"] == job["spec"]  # exactly the Job the model gets without a queue
         assert replicated["template"]["metadata"]["labels"] == {**job["metadata"]["labels"], "abtest.dev/uid": UID}
-        assert manifests.model_job_name(queued, replicated["name"]) == f"{queued.name}-{replicated['name']}-0"
+        assert names.model_job_name(queued, replicated["name"]) == f"{queued.name}-{replicated['name']}-0"

@@ -1,4 +1,5 @@
-"""Pure builders: an ABTest spec and the operator's settings -> the Kubernetes objects to create.
+"""Pure builders: an ABTest spec and the operator's settings -> the Kubernetes objects to create (their names,
+labels and mount paths come from names.py).
 
 Nothing here talks to a cluster; the operator applies these dicts and `abtest render` prints them.
 """
@@ -6,79 +7,33 @@ Nothing here talks to a cluster; the operator applies these dicts and `abtest re
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-from pathlib import PurePosixPath
 
-from abtest_api.constants import (
-    ANALYSIS,
-    API_VERSION,
-    GROUP,
-    KIND,
-    LABEL_MODEL,
-    LABEL_NAME,
-    LABEL_ROLE,
-    LABEL_UID,
-    USER_ERROR_EXIT,
-    WRITE_FAILURE_EXIT,
-)
+from abtest_api.constants import ANALYSIS, API_VERSION, GROUP, KIND, LABEL_MODEL, LABEL_UID, USER_ERROR_EXIT, WRITE_FAILURE_EXIT
 from abtest_operator import plan
+from abtest_operator.names import (
+    DATA_MOUNT,
+    JOBSET_GROUP,
+    JOBSET_VERSION,
+    MODELS_MOUNT,
+    QUEUE_LABEL,
+    RESULTS_MOUNT,
+    analysis_job_name,
+    analysis_service_account,
+    jobset_name,
+    labels,
+    model_job_name,
+    results_dir,
+)
 from abtest_operator.settings import OperatorConfig
 from abtest_operator.spec import ABTestSpec
 
 CONTAINER = "evaluator"
-RESULTS_MOUNT, MODELS_MOUNT, DATA_MOUNT = "/results", "/models", "/data"
 UID = 65532  # the images' non-root user
 SHARD_ENV, COMPLETION_INDEX = "ABTEST_SHARD", "batch.kubernetes.io/job-completion-index"
 
 
-def object_name(*parts: str, limit: int = 63) -> str:
-    """Deterministic DNS-label name; long ones keep a readable prefix and a hash suffix."""
-    name = "-".join(parts)
-    if len(name) <= limit:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{name[: limit - 9].rstrip('-')}-{digest}"
-
-
-# With spec.queueName the model Jobs are one JobSet, which Kueue admits as one workload: all models or none.
-JOBSET_GROUP, JOBSET_VERSION, JOBSET_PLURAL = "jobset.x-k8s.io", "v1alpha2", "jobsets"
-QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-JOBSET_NAME_LIMIT = 63  # a JobSet's Job name, <jobset>-<model>-0, is a DNS label
-
-
-def jobset_name(spec: ABTestSpec) -> str:
-    return spec.name
-
-
-def model_job_name(spec: ABTestSpec, model: str) -> str:
-    if spec.queue_name:  # the JobSet controller names the Job of replicatedJob <model>, replica 0
-        return f"{jobset_name(spec)}-{model}-0"
-    return object_name(spec.name, model)
-
-
-def analysis_job_name(spec: ABTestSpec) -> str:
-    return object_name(spec.name, ANALYSIS)
-
-
-def results_dir(spec: ABTestSpec) -> str:
-    """RESULTS/<namespace>/<name>/<uid>: an ABTest re-created under the same name never meets the old one's files."""
-    return str(PurePosixPath(RESULTS_MOUNT) / spec.namespace / spec.name / spec.uid)
-
-
 def owner_reference(spec: ABTestSpec) -> dict:
     return {"apiVersion": API_VERSION, "kind": KIND, "name": spec.name, "uid": spec.uid, "controller": True, "blockOwnerDeletion": True}
-
-
-def labels(spec: ABTestSpec, role: str, model: str | None = None) -> dict:
-    out = {
-        "app.kubernetes.io/name": "abtest-evaluator",
-        "app.kubernetes.io/managed-by": "abtest-operator",
-        LABEL_NAME: spec.name,
-        LABEL_ROLE: role,
-    }
-    if model:
-        out[LABEL_MODEL] = model
-    return out
 
 
 def container_security_context() -> dict:
@@ -241,10 +196,6 @@ def build_model_job(spec: ABTestSpec, run: plan.ModelRun, cfg: OperatorConfig) -
     if spec.shards > 1:  # one pod per part, all at once: the Job completes when every index has
         job["spec"].update(completionMode="Indexed", completions=spec.shards, parallelism=spec.shards)
     return job
-
-
-def analysis_service_account(spec: ABTestSpec) -> str:
-    return object_name(spec.name, ANALYSIS)
 
 
 def build_analysis_job(spec: ABTestSpec, cfg: OperatorConfig) -> dict:

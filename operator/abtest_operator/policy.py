@@ -7,7 +7,7 @@ marks the ABTest Failed with that reason before anything is created.
 from __future__ import annotations
 
 from abtest_api.errors import UserError
-from abtest_operator import manifests
+from abtest_operator import names
 from abtest_operator.settings import OperatorConfig
 from abtest_operator.spec import ABTestSpec
 
@@ -31,10 +31,10 @@ def check(spec: ABTestSpec, cfg: OperatorConfig) -> None:
                 f"spec.models[{i}].checkpoint {m.checkpoint!r} is relative but spec.modelsVolume is not set; "
                 "mount a volume with the checkpoints or use an absolute path"
             )
-        if spec.queue_name and len(job := manifests.model_job_name(spec, m.name)) > manifests.JOBSET_NAME_LIMIT:
+        if spec.queue_name and len(job := names.model_job_name(spec, m.name)) > names.JOBSET_NAME_LIMIT:
             raise UserError(
                 f"spec.models[{i}].name {m.name!r}: with spec.queueName its Job is the JobSet's {job!r}, longer than "
-                f"{manifests.JOBSET_NAME_LIMIT} characters; shorten the ABTest's or the model's name"
+                f"{names.JOBSET_NAME_LIMIT} characters; shorten the ABTest's or the model's name"
             )
     allowed_images = cfg.allowed_images or (repository(cfg.image),)
     if spec.image and not image_allowed(spec.image, allowed_images):

@@ -1,8 +1,8 @@
 """What the operator's watches have seen: its Jobs, their pods and the ABTests, kept in kopf indexes.
 
 A reconcile pass reads these instead of listing: one watch per resource (server-side label selector),
-no request per event. Each index keeps only the fields a pass reads, so 500 ABTests with their Jobs
-and pods stay a few MiB. Pure functions: the handlers register them with ``@kopf.index``, the handler
+no request per event. Each index keeps only the fields a pass reads (the operator's memory at 500 ABTests:
+docs/benchmarks.md). Pure functions: the handlers register them with ``@kopf.index``, the handler
 tests feed them the fake cluster's objects.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from abtest_api.constants import KIND, LABEL_NAME, LABEL_UID
-from abtest_operator.status import job_facts
+from abtest_operator.jobs import job_facts
 
 
 def owner_uid(obj: Mapping) -> str | None:
@@ -93,8 +93,8 @@ class Written:
     event kopf folded into a later one, must not live on here).
 
     Passes run in kopf's worker threads, several ABTests at once: Jobs are kept per ABTest, so a pass reads only its
-    own ABTest's entries, and never iterates a dict that another thread may be adding to (a scan of one shared dict
-    raised "dictionary changed size during iteration" in a burst of 500 ABTests, failing passes until the resync)."""
+    own ABTest's entries, and never iterates a dict that another thread may be adding to (that raises "dictionary
+    changed size during iteration" and fails the pass until the resync: docs/benchmarks.md)."""
 
     def __init__(self, ttl: float = 60.0, clock=time.monotonic):
         self.ttl, self.clock = ttl, clock
@@ -179,7 +179,7 @@ class Observed:
 
 class JobNews:
     """Which Job events a pass would learn from: a deletion, or a change in what a pass reads of the Job
-    (``status.job_facts``). The rest — the Job controller adding a Suspended condition to a queued Job, counting
+    (``jobs.job_facts``). The rest — the Job controller adding a Suspended condition to a queued Job, counting
     terminating pods, kopf's own annotations — would start passes that find nothing new: two per ABTest while its
     Jobs wait in a queue. Kept per Job UID (a Job re-created under its name is a new one) until it is deleted."""
 

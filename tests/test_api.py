@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import re
 import subprocess
 import sys
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,7 +22,11 @@ from abtest_operator.settings import OperatorConfig
 from abtest_operator.spec import load_manifest, parse_abtest
 from helpers import ROOT, abtest_cli, result_json
 
-PACKAGES = {"abtest_api": ROOT / "crds" / "abtest_api", "abtest_operator": ROOT / "operator" / "abtest_operator", "abtest_evaluator": ROOT / "evaluator" / "abtest_evaluator"}
+PACKAGES = {
+    "abtest_api": ROOT / "crds" / "abtest_api",
+    "abtest_operator": ROOT / "operator" / "abtest_operator",
+    "abtest_evaluator": ROOT / "evaluator" / "abtest_evaluator",
+}
 
 
 def imports(package: str) -> dict[str, set[str]]:
@@ -39,7 +45,9 @@ def imports(package: str) -> dict[str, set[str]]:
 
 def test_the_evaluator_never_imports_the_operator():
     offenders = {name: mods for name, mods in imports("abtest_evaluator").items() if "abtest_operator" in mods}
-    assert not offenders, f"data-plane modules import the control plane: {offenders}; move what they share into abtest_api (crds/abtest_api/)"
+    assert not offenders, (
+        f"data-plane modules import the control plane: {offenders}; move what they share into abtest_api (crds/abtest_api/)"
+    )
 
 
 def test_only_the_cli_and_the_local_runner_import_both_planes():
@@ -178,3 +186,32 @@ def test_unset_tri_states_stay_automatic_and_off_is_spelled_out():
     assert "--no-amp" in argv and "--channels-last" in argv  # off must reach the pod: unset means on for GPU
     assert not {"--amp", "--no-amp"} & set(evaluate.to_argv(dataclasses.replace(cfg, amp=None)))
     assert evaluate.parse_argv(["--model", "m", "--dataset", "digits", "--out", "o"]).amp is None
+
+
+def test_the_analysis_jobs_argv_parses_back_to_the_planned_analysis_config():
+    from abtest_api import analyze
+
+    manifest = yaml.safe_load((ROOT / "examples" / "abtest-digits-sequential.yaml").read_text())
+    spec = parse_abtest(manifest | {"metadata": {**manifest["metadata"], "uid": "u-1"}})
+    argv = plan.plan_analysis(spec, "/results/x", publish=True)
+    config = analyze.parse_argv(list(argv[1:]))
+    assert argv[0] == "analyze" and config == plan.analysis_config(spec, "/results/x", publish=True)
+    assert config.looks == spec.looks and config.abtest_uid == "u-1" and config.models == tuple(m.name for m in spec.models)
+
+
+@pytest.mark.parametrize(
+    ("values", "spelled_cli", "spelled_spec"),
+    [
+        ({"hypothesis": "equivalence"}, "--margin", "spec.analysis.margin"),
+        ({"margin": 0.01}, "--margin", "spec.analysis.margin"),
+        ({"hypothesis": "noninferiority", "margin": 0.01, "looks": 3}, "--looks", "spec.analysis.sequential"),
+    ],
+)
+def test_the_analysis_rules_are_one_check_spelled_as_each_caller_spells_its_fields(values, spelled_cli, spelled_spec):
+    from abtest_api import analyze
+
+    config = analyze.AnalysisConfig(dir="r", **values)
+    with pytest.raises(UserError, match=f"^{re.escape(spelled_cli)} "):
+        config.check()
+    with pytest.raises(UserError, match=f"^{re.escape(spelled_spec)} "):
+        config.check(analyze.spec_field)

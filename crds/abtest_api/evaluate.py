@@ -1,9 +1,9 @@
 """The evaluate contract: what one model evaluation is asked to do, declared once.
 
 :class:`EvalConfig` is ``abtest evaluate``'s flags, the planner's per-model argument lists and the
-evaluator's settings at the same time. Each field says its flag's help and, when the ABTest sets it,
-where in the spec it comes from (``spec:batchSize``, ``model:numClasses``): the CLI parser is
-generated from the fields (:func:`add_arguments`), the planner fills a config from the spec
+evaluator's settings at the same time. Declared as a contract (``abtest_api.contract``): each field says its flag's help and, when the
+ABTest sets it, where in the spec it comes from (``spec:batchSize``, ``model:numClasses``); the CLI
+parser is generated from the fields (:func:`add_arguments`), the planner fills a config from the spec
 (:func:`values_from_spec`) and turns it into argv (:func:`to_argv`), and the evaluator reads it.
 Adding an option touches this file and the CRD.
 """
@@ -11,17 +11,12 @@ Adding an option touches this file and the CRD.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import types
-import typing
-from dataclasses import dataclass, field
-from functools import cache
+from dataclasses import dataclass
 
+from abtest_api import contract
+from abtest_api.contract import flag, option
 
-def option(default=dataclasses.MISSING, *, help: str, spec: str | None = None, choices: tuple[str, ...] = (), group: str | None = None):
-    """A field of the contract: ``spec`` is ``spec:<path>`` or ``model:<path>`` (dots between keys) when the ABTest sets it;
-    fields sharing a ``group`` are mutually exclusive flags."""
-    return field(default=default, metadata={"help": help, "spec": spec, "choices": choices, "group": group})
+__all__ = ["EvalConfig", "add_arguments", "flag", "from_args", "parse_argv", "to_argv", "values_from_spec"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,89 +104,23 @@ class EvalConfig:
         return self.name or self.model
 
 
-@cache
-def _types() -> dict[str, type]:
-    """Each field's value type: ``int | None`` -> int, ``tuple[float, ...]`` -> tuple."""
-    out = {}
-    for name, hint in typing.get_type_hints(EvalConfig).items():
-        if typing.get_origin(hint) in (typing.Union, types.UnionType):
-            hint = next(a for a in typing.get_args(hint) if a is not type(None))
-        out[name] = typing.get_origin(hint) or hint
-    return out
-
-
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``abtest evaluate``'s flags, one per field."""
-    groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
-    for f in dataclasses.fields(EvalConfig):
-        meta, kind = f.metadata, _types()[f.name]
-        if meta["group"] and meta["group"] not in groups:
-            groups[meta["group"]] = parser.add_mutually_exclusive_group()
-        target = groups[meta["group"]] if meta["group"] else parser
-        kwargs: dict = {"help": meta["help"], "dest": f.name}
-        if f.default is dataclasses.MISSING:
-            kwargs["required"] = True
-        else:
-            kwargs["default"] = f.default
-        if kind is bool:  # a bool defaulting to None is a tri-state: --amp, --no-amp, or neither (automatic)
-            kwargs["action"] = "store_true" if f.default is False else argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = _floats if kind is tuple else kind
-            if meta["choices"]:
-                kwargs["choices"] = meta["choices"]
-        target.add_argument(flag(f.name), **kwargs)
+    contract.add_arguments(parser, EvalConfig)
 
 
 def from_args(args: argparse.Namespace) -> EvalConfig:
-    return EvalConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig)})
+    return contract.from_args(EvalConfig, args)
 
 
-def to_argv(cfg: EvalConfig) -> list[str]:
-    """The flags that reproduce ``cfg``, in field order. What an ABTest sets is always spelled out (every Job shows
-    its controlled variables, whatever the image's defaults); other defaults are left out."""
-    argv = []
-    for f in dataclasses.fields(EvalConfig):
-        value = getattr(cfg, f.name)
-        if value is None or value == "" or (value is False and f.default is False) or (value == f.default and not f.metadata["spec"]):
-            continue
-        if isinstance(value, bool):
-            argv.append(flag(f.name) if value else "--no-" + flag(f.name)[2:])
-        elif isinstance(value, tuple):
-            argv += [flag(f.name), ",".join(map(str, value))]
-        else:
-            argv += [flag(f.name), str(value)]
-    return argv
+to_argv = contract.to_argv
 
 
 def parse_argv(argv: list[str]) -> EvalConfig:
     """``to_argv``'s inverse (what ``abtest evaluate`` does with its arguments)."""
-    parser = argparse.ArgumentParser(prog="abtest evaluate")
-    add_arguments(parser)
-    return from_args(parser.parse_args(argv))
+    return contract.parse_argv(EvalConfig, argv, "abtest evaluate")
 
 
 def values_from_spec(spec: dict, model: dict) -> dict:
     """The fields an ABTest sets for one of its models, from its (defaulted) spec and that model's entry."""
-    values = {}
-    for f in dataclasses.fields(EvalConfig):
-        source = f.metadata["spec"]
-        if not source:
-            continue
-        where, _, path = source.partition(":")
-        node = spec if where == "spec" else model
-        for key in path.split("."):
-            node = node.get(key) if isinstance(node, dict) else None
-        if node is not None:
-            values[f.name] = tuple(node) if isinstance(node, list) else node
-    return values
+    return contract.values_from_spec(EvalConfig, spec, model)

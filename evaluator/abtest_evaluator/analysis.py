@@ -12,14 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from abtest_api.analyze import AnalysisConfig, check
 from abtest_api.constants import (
     EQUIVALENCE,
-    HYPOTHESES,
     METRICS,
     NONINFERIORITY,
     REPORT,
     RESULT,
-    SPENDING_FUNCTIONS,
     SUPERIORITY,
     look_dir,
 )
@@ -302,30 +301,9 @@ def analyze(root: Path, alpha: float = 0.05, test: str = "auto", order: list[str
     return compare_models(load_models(root, order), alpha, test, **hypothesis)
 
 
-def compare_models(
-    models: list[ModelData],
-    alpha: float,
-    test: str,
-    hypothesis: str = SUPERIORITY,
-    margin: float | None = None,
-    look: tuple[sequential.Design, int, list] | None = None,
-) -> dict:
-    """The whole result. ``look``: (design, look number, the looks before) for a group-sequential look, whose
-    boundary then decides significance."""
-    if not 0 < alpha < 1:
-        raise UserError(f"--alpha must be in (0, 1), got {alpha}")
-    if hypothesis not in HYPOTHESES:
-        raise UserError(f"--hypothesis must be one of {', '.join(HYPOTHESES)}, got {hypothesis!r}")
-    if hypothesis != SUPERIORITY and not (margin is not None and 0 < margin < 0.5):
-        raise UserError(f"--margin (accuracy as a fraction, e.g. 0.01 = 1 point) in (0, 0.5) is required for {hypothesis}, got {margin}")
-    if look and hypothesis != SUPERIORITY:
-        raise UserError(
-            f"a sequential analysis decides superiority only, not {hypothesis}; drop spec.analysis.sequential or the hypothesis"
-        )
-    names = [m.name for m in models]
-    # Superiority compares every pair; the margin hypotheses compare each candidate with the reference (listed first).
-    pairs = itertools.combinations(models, 2) if hypothesis == SUPERIORITY else ((models[0], m) for m in models[1:])
-    comparisons = [compare(a, b, test, alpha, hypothesis, margin) for a, b in pairs]
+def holm_adjust(comparisons: list[dict], alpha: float, hypothesis: str) -> None:
+    """Holm's step-down adjustment over the family of comparisons: of the McNemar p-values (which decide
+    significance) and, for the margin hypotheses, of the margin tests' p-values."""
     adjusted, reject = stats.holm([c["p_value"] for c in comparisons], alpha)
     for c, p_adj, sig in zip(comparisons, adjusted, reject):
         c["p_value_adjusted"], c["significant"] = max(p_adj, P_FLOOR), sig
@@ -336,6 +314,43 @@ def compare_models(
             mt = c["margin_test"]
             mt["p_value_adjusted"] = max(p_adj, P_FLOOR)
             mt["p_value_adjusted_text"] = format_p(mt["p_value_adjusted"], mt["p_value_text"].startswith("<"))
+
+
+METHOD_NAMES = {"exact": "exact binomial", "midp": "mid-p", "chi2": "chi-square with continuity correction"}
+
+
+def method_sentence(comparisons: list[dict], omnibus: bool, hypothesis: str, alpha: float) -> str:
+    """How the result was computed, as the report and status.result.method say it."""
+    methods = sorted({c["method"] for c in comparisons})
+    return (
+        "McNemar ("
+        + ", ".join(METHOD_NAMES[m] for m in methods)
+        + ")"
+        + (", Holm-adjusted, Cochran's Q omnibus" if omnibus else "")
+        + (
+            ""
+            if hypothesis == SUPERIORITY
+            else f"; {hypothesis} by the paired interval at {(1 - 2 * alpha) * 100:g}% (two one-sided tests)"
+        )
+    )
+
+
+def compare_models(
+    models: list[ModelData],
+    alpha: float,
+    test: str,
+    hypothesis: str = SUPERIORITY,
+    margin: float | None = None,
+    look: tuple[sequential.Design, int, list] | None = None,
+) -> dict:
+    """The whole result. ``look``: (design, look number, the looks before) for a group-sequential look, whose
+    boundary then decides significance."""
+    check(alpha, hypothesis, margin, looks=look[0].looks if look else None)
+    names = [m.name for m in models]
+    # Superiority compares every pair; the margin hypotheses compare each candidate with the reference (listed first).
+    pairs = itertools.combinations(models, 2) if hypothesis == SUPERIORITY else ((models[0], m) for m in models[1:])
+    comparisons = [compare(a, b, test, alpha, hypothesis, margin) for a, b in pairs]
+    holm_adjust(comparisons, alpha, hypothesis)
     if look:
         look_block = apply_boundary(comparisons, *look)
     for c in comparisons:
@@ -343,21 +358,11 @@ def compare_models(
     omnibus = stats.cochran_q(np.column_stack([m.correct for m in models]), alpha) if len(models) >= 3 else None
     summaries = {m.name: model_summary(m) for m in models}
     together = concurrency.block(models)
-    methods = sorted({c["method"] for c in comparisons})
-    method_names = {"exact": "exact binomial", "midp": "mid-p", "chi2": "chi-square with continuity correction"}
     result = {
         "alpha": alpha,
         "test": test,
         "hypothesis": {"name": hypothesis, "margin": margin},
-        "method": "McNemar ("
-        + ", ".join(method_names[m] for m in methods)
-        + ")"
-        + (", Holm-adjusted, Cochran's Q omnibus" if omnibus else "")
-        + (
-            ""
-            if hypothesis == SUPERIORITY
-            else f"; {hypothesis} by the paired interval at {(1 - 2 * alpha) * 100:g}% (two one-sided tests)"
-        ),
+        "method": method_sentence(comparisons, omnibus is not None, hypothesis, alpha),
         "ci_method": "Newcombe (1998) method 10 score interval for paired proportions",
         "fingerprint": models[0].metrics.get("fingerprint"),
         "n": int(len(models[0].correct)),
@@ -400,8 +405,7 @@ def run_sequential(
     """A group-sequential analysis as the evaluators run: at each look, wait until every model has published it,
     decide, tell ``on_look(result)``, and stop at the first look whose boundary is crossed (or the last). Writes
     result.json and report.html of the look it stopped at. ``idle()`` runs between polls (it may raise to abort)."""
-    if spending not in SPENDING_FUNCTIONS:
-        raise UserError(f"--spending must be one of {', '.join(SPENDING_FUNCTIONS)}, got {spending!r}")
+    check(alpha, SUPERIORITY, None, looks, spending)
     names = order or [d.name for d in results.model_dirs(root)]
     history: list[dict] = []
     for look in range(1, looks + 1):
@@ -469,3 +473,15 @@ def run_analysis(
     result = compare_models(models, alpha, test, **hypothesis)
     write_result(root, result, models)
     return result
+
+
+def run(config: AnalysisConfig, *, on_look=None, poll: float = 1.0, idle=None) -> dict:
+    """The analysis ``config`` asks for (what ``abtest analyze`` and ``abtest run`` call): the fixed-sample test, or
+    with ``looks`` the group-sequential one (``on_look``, ``poll`` and ``idle`` as :func:`run_sequential` takes them)."""
+    config.check()
+    root, order = Path(config.dir), list(config.models) if config.models else None
+    if config.looks:
+        return run_sequential(
+            root, config.alpha, config.test, order, config.looks, config.spending_function, poll=poll, idle=idle, on_look=on_look
+        )
+    return run_analysis(root, config.alpha, config.test, order, hypothesis=config.hypothesis, margin=config.margin)

@@ -135,6 +135,7 @@ class Loop:
 
 def prepare(cfg: EvalConfig) -> Prepared:
     """Resolve the settings, load the data and the model, build the loader and the runner; UserError on bad input."""
+    # Long because the order of its steps is the contract (settings, then data and its fingerprint, then the model, then loader and runner), and each step needs most earlier results.
     started = time.time()
     if cfg.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {cfg.batch_size}")
@@ -271,6 +272,7 @@ def run(prep: Prepared, telemetry: EvalTelemetry, on_look=None) -> Loop:
 
 def build_metrics(prep: Prepared, loop: Loop, look: int | None = None) -> dict:
     """metrics.json's content (but the predictions checksum, which the writer adds); ``loop`` may be a look's prefix."""
+    # Long because it is metrics.json's schema as one literal: every field, where it comes from, in one place to read.
     cfg, ds = prep.cfg, prep.dataset
     labels, k = ds.labels[: len(loop.topk)], loop.topk.shape[1]
     metrics = measurements.summarize(

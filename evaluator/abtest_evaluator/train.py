@@ -47,6 +47,7 @@ def train_digits(
 
     The same bits on any x86-64 CPU when the process pinned its kernels (``kernels.pin`` before torch loads);
     ATen splits some training reductions by thread count, so training runs on a fixed number of threads."""
+    # Long because it is a training script, read top to bottom: data, model, loop, checkpoint.
     with kernels.fixed_threads(threads):
         torch.manual_seed(seed)
         loaded = models.build_model(architecture, 10, in_chans)

@@ -7,7 +7,6 @@ import gc
 import logging
 import sys
 
-from abtest_api.constants import HYPOTHESES, MCNEMAR_TESTS, OBRIEN_FLEMING, SPENDING_FUNCTIONS, SUPERIORITY
 from abtest_api.errors import UserError
 
 # What `pip install abtest[evaluator]` adds; the control plane runs without them.
@@ -51,35 +50,17 @@ def cmd_evaluate(args) -> int:
 
 
 def add_analyze(sub) -> None:
+    from abtest_api import analyze
+
     p = sub.add_parser("analyze", help="McNemar/Cochran's Q analysis of evaluated models (what the analysis Job runs)")
-    p.add_argument("dir", help="folder holding one sub-folder per evaluated model")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
-    p.add_argument("--test", default="auto", choices=MCNEMAR_TESTS, help="McNemar variant (default auto; midp: the exact test's mid-p)")
-    p.add_argument(
-        "--hypothesis",
-        default=SUPERIORITY,
-        choices=HYPOTHESES,
-        help="superiority (default): is one model more accurate; noninferiority / equivalence: is each later model within "
-        "--margin of the first (decided from the paired interval at 1 - 2 alpha)",
-    )
-    p.add_argument("--margin", type=float, help="for noninferiority and equivalence: accuracy as a fraction (0.01 = 1 point)")
-    p.add_argument(
-        "--looks",
-        type=int,
-        help="group-sequential: decide at K looks as the evaluators publish them (evaluate with the same --looks), "
-        "stopping at the first crossed boundary",
-    )
-    p.add_argument("--spending", default=OBRIEN_FLEMING, choices=SPENDING_FUNCTIONS, help="with --looks: the alpha-spending function")
-    p.add_argument("--models", help="comma-separated model folders in A, B, … order (default: every folder, by name)")
-    p.add_argument("--abtest", help="NAMESPACE/NAME: also write the verdict into that ABTest's status")
-    p.add_argument("--abtest-uid", help="with --abtest: write only if the ABTest still has this UID (not a re-created namesake)")
+    analyze.add_arguments(p)
     p.set_defaults(func=cmd_analyze)
 
 
 def cmd_analyze(args) -> int:
-    from pathlib import Path
+    from abtest_api.analyze import from_args
 
-    order = args.models.split(",") if args.models else None
+    config = from_args(args).check()
     # scipy, statsmodels with pandas load ~1M long-lived objects: collecting while they load is wasted work (~0.1 s),
     # and frozen afterwards they are left out of every later collection, the interpreter's exit included.
     gc.disable()
@@ -90,28 +71,22 @@ def cmd_analyze(args) -> int:
     gc.freeze()
     gc.enable()
 
-    if args.looks:
-        if args.hypothesis != SUPERIORITY:
-            raise UserError(f"--looks decides superiority only, not --hypothesis {args.hypothesis}")
+    def on_look(result: dict) -> None:
+        seq = result["sequential"]
+        print(
+            f"look {seq['look']}/{seq['looks']}: n = {seq['samples_used']}, boundary {seq['boundary']:.3f}, "
+            + ", ".join(f"{c['a']} vs {c['b']} z = {c['z']:+.3f}" for c in result["comparisons"]),
+            flush=True,
+        )
+        if config.abtest and not (seq["stopped_early"] or seq["look"] == seq["looks"]):
+            publish.publish_look(config.abtest, status_sequential(result), uid=config.abtest_uid)
 
-        def on_look(result: dict) -> None:
-            seq = result["sequential"]
-            print(
-                f"look {seq['look']}/{seq['looks']}: n = {seq['samples_used']}, boundary {seq['boundary']:.3f}, "
-                + ", ".join(f"{c['a']} vs {c['b']} z = {c['z']:+.3f}" for c in result["comparisons"]),
-                flush=True,
-            )
-            if args.abtest and not (seq["stopped_early"] or seq["look"] == seq["looks"]):
-                publish.publish_look(args.abtest, status_sequential(result), uid=args.abtest_uid)
-
-        result = analysis.run_sequential(Path(args.dir), args.alpha, args.test, order, args.looks, args.spending, on_look=on_look)
-    else:
-        result = analysis.run_analysis(Path(args.dir), args.alpha, args.test, order, hypothesis=args.hypothesis, margin=args.margin)
+    result = analysis.run(config, on_look=on_look)
     print(text_table(result))
-    if args.abtest:
+    if config.abtest:
         sequential = status_sequential(result) if result.get("sequential") else None
-        publish.publish_result(args.abtest, status_result(result), uid=args.abtest_uid, sequential=sequential)
-        print(f"status of ABTest {args.abtest} updated")
+        publish.publish_result(config.abtest, status_result(result), uid=config.abtest_uid, sequential=sequential)
+        print(f"status of ABTest {config.abtest} updated")
     return 0
 
 

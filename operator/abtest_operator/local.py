@@ -181,7 +181,7 @@ def publish_dir(staging: Path, out: Path) -> None:
 def run_local(
     manifest_path: str, out: str | None = None, device: str | None = None, show_progress: bool | None = None, gpus: int | None = None
 ) -> tuple[dict, Path]:
-    from abtest_evaluator.analysis import run_analysis, run_sequential
+    from abtest_evaluator import analysis
 
     spec = parse_abtest(load_manifest(manifest_path))
     device = device or spec.device
@@ -203,20 +203,12 @@ def run_local(
     runs = plan.plan_shards(runs, spec.shards)
     try:
         show = sys.stderr.isatty() if show_progress is None else show_progress
-        order = [m.name for m in spec.models]
-        if spec.looks:  # decide at each look as the models publish it; an early stop stops them
-            result = run_models(
-                runs,
-                device,
-                show,
-                gpus=gpus,
-                alongside=lambda idle: run_sequential(
-                    staging, spec.alpha, spec.test, order, spec.looks, spec.spending, poll=0.2, idle=idle
-                ),
-            )
+        config = plan.analysis_config(spec, str(staging))
+        if config.looks:  # decide at each look as the models publish it; an early stop stops them
+            result = run_models(runs, device, show, gpus=gpus, alongside=lambda idle: analysis.run(config, poll=0.2, idle=idle))
         else:
             run_models(runs, device, show, gpus=gpus)
-            result = run_analysis(staging, spec.alpha, spec.test, order, hypothesis=spec.hypothesis, margin=spec.margin)
+            result = analysis.run(config)
         try:
             publish_dir(staging, out_dir)
         except OSError as err:

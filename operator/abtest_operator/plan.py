@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 
+from abtest_api import analyze
+from abtest_api.analyze import AnalysisConfig
 from abtest_api.evaluate import EvalConfig, to_argv
 from abtest_operator.spec import ABTestSpec, ModelSpec
 
@@ -56,13 +58,23 @@ def plan_shards(runs: list[ModelRun], count: int) -> list[ModelRun]:
     return [ModelRun(f"{r.name} {i + 1}/{count}", replace(r.config, shard=f"{i}/{count}")) for r in runs for i in range(count)]
 
 
+def analysis_config(spec: ABTestSpec, results_dir: str, publish: bool = False) -> AnalysisConfig:
+    """The analysis of the ABTest's models in ``results_dir``; ``publish`` adds the ABTest to patch, with its UID as a
+    precondition (a re-created ABTest of the same name never receives the old one's verdict)."""
+    return AnalysisConfig(
+        dir=results_dir,
+        alpha=spec.alpha,
+        test=spec.test,
+        models=tuple(m.name for m in spec.models),
+        hypothesis=spec.hypothesis,
+        margin=spec.margin,
+        looks=spec.looks,  # a sequential analysis runs alongside the evaluators, deciding at each look
+        spending=spec.spending if spec.looks else None,
+        abtest=f"{spec.namespace}/{spec.name}" if publish else None,
+        abtest_uid=(spec.uid or None) if publish else None,
+    )
+
+
 def plan_analysis(spec: ABTestSpec, results_dir: str, publish: bool = False) -> tuple[str, ...]:
-    """The analysis' argv; ``publish`` adds the ABTest to patch, with its UID as a precondition (a re-created ABTest
-    of the same name never receives the old one's verdict)."""
-    argv = ["analyze", results_dir, "--alpha", str(spec.alpha), "--test", spec.test, "--models", ",".join(m.name for m in spec.models)]
-    argv += ["--hypothesis", spec.hypothesis, *(("--margin", str(spec.margin)) if spec.margin is not None else ())]
-    if spec.looks:  # runs alongside the evaluators, deciding at each look
-        argv += ["--looks", str(spec.looks), "--spending", spec.spending]
-    if publish:
-        argv += ["--abtest", f"{spec.namespace}/{spec.name}", *(("--abtest-uid", spec.uid) if spec.uid else ())]
-    return tuple(argv)
+    """The analysis Job's argv (after the ``abtest`` command)."""
+    return ("analyze", *analyze.to_argv(analysis_config(spec, results_dir, publish)))

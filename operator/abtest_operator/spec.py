@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from abtest_api import crd, evaluate
+from abtest_api import analyze, crd, evaluate
 from abtest_api.constants import ANALYSIS, API_VERSION, KIND, SUPERIORITY
 from abtest_api.errors import UserError
 
@@ -106,15 +106,7 @@ def check_rules(spec: dict) -> None:
         if "mean" in model and "std" in model and len(model["mean"]) != len(model["std"]):
             raise UserError(f"ABTest is invalid: spec.models[{i}]: mean and std need the same number of values")
     analysis = spec["analysis"]
-    if (analysis["hypothesis"] == SUPERIORITY) == ("margin" in analysis):
-        raise UserError(
-            "ABTest is invalid: spec.analysis.margin (accuracy as a fraction, e.g. 0.01 = 1 point) is required with hypothesis "
-            "noninferiority or equivalence, and not allowed with superiority"
-        )
-    if "sequential" in analysis and analysis["hypothesis"] != SUPERIORITY:
-        raise UserError(
-            "ABTest is invalid: spec.analysis.sequential decides superiority only; remove it or set spec.analysis.hypothesis to superiority"
-        )
+    _check_analysis(analyze.values_from_spec(spec))
     if spec.get("shardsPerModel", 1) > 1 and "sequential" in analysis:
         raise UserError(
             "ABTest is invalid: spec.shardsPerModel above 1 cannot be combined with spec.analysis.sequential (each model's looks need its whole order in one pod)"
@@ -126,6 +118,17 @@ def check_rules(spec: dict) -> None:
         )
     if spec.get("gpusPerModel") and spec["device"] == "cpu":
         raise UserError("ABTest is invalid: spec.gpusPerModel must be 0 (or unset) when spec.device is cpu")
+
+
+def _check_analysis(values: dict) -> None:
+    """The analysis contract's rules (the CRD's CEL rules on spec.analysis), named as the spec spells them."""
+    try:
+        analyze.check(
+            values.get("alpha", 0.05), values.get("hypothesis", SUPERIORITY), values.get("margin"), values.get("looks"),
+            values.get("spending"), spelled=analyze.spec_field,
+        )  # fmt: skip
+    except UserError as err:
+        raise UserError(f"ABTest is invalid: {err}") from None
 
 
 def parse_abtest(manifest: dict) -> ABTestSpec:

@@ -650,3 +650,13 @@ def test_a_queued_abtest_renders_one_suspended_jobset_whose_jobs_are_the_unqueue
         assert replicated["template"]["spec"] == job["spec"]  # exactly the Job the model gets without a queue
         assert replicated["template"]["metadata"]["labels"] == {**job["metadata"]["labels"], "abtest.dev/uid": UID}
         assert names.model_job_name(queued, replicated["name"]) == f"{queued.name}-{replicated['name']}-0"
+
+
+def test_a_placement_condition_carried_over_past_its_deadline_with_every_model_placed_fails_nothing():
+    # AllModelsPlaced stays False until every model has run; once the blocked model is placed nothing is unplaced,
+    # and the deadline must not fire (it once raised IndexError here, failing every pass of the ABTest).
+    spec = parse_abtest(example())
+    now = datetime(2026, 12, 4, tzinfo=UTC)
+    placed = {"status": "False", "lastTransitionTime": (now - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    verdict = status.Verdict("Running")
+    assert status.placement_deadline(spec, {}, verdict, placed, now) is verdict

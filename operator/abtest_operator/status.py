@@ -152,7 +152,10 @@ def placement_deadline(spec: ABTestSpec, model_jobs: dict[str, JobState], verdic
     waited = seconds_since(placed["lastTransitionTime"], now)
     if waited < spec.start_timeout_seconds:
         return verdict
-    name, cause = unplaced(model_jobs)[0]
+    blocked = unplaced(model_jobs)
+    if not blocked:  # carried over False (placed_condition) after the model was placed: nothing waits to be placed now
+        return verdict
+    name, cause = blocked[0]
     reason = (
         f"model {name} could not be placed beside its waiting peers for {int(waited)}s (spec.startTimeoutSeconds "
         f"{spec.start_timeout_seconds}): {cause}"

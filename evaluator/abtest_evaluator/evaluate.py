@@ -11,6 +11,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -88,6 +89,15 @@ class Progress:
             print(json.dumps({"progress": self.done, "total": self.total, "accuracy": accuracy}), file=sys.stderr, flush=True)
 
 
+class Shard(NamedTuple):
+    """Which part of the shared order a sharded run evaluates (``--shard index/count``)."""
+
+    index: int
+    count: int
+    start: int  # the part's first sample in the shared order
+    total: int  # samples in the whole order
+
+
 @dataclass
 class Prepared:
     """Everything the timed loop needs, resolved and loaded."""
@@ -106,7 +116,7 @@ class Prepared:
     loader: loader.DeviceBatches
     runner: Runner
     fingerprint: str  # of every sample in the shared order (a shard evaluates a part of it)
-    shard: tuple[int, int, int, int] | None = None  # (index, count, first sample, samples in all) of a sharded run
+    shard: Shard | None = None
     skipped: tuple[str, ...] = ()  # ids of the unreadable samples left out (spec.dataset.onUnreadable: skip)
     barrier: StartBarrier | None = None  # where the timed loop waits for its peers (--start-with)
 
@@ -168,7 +178,7 @@ def prepare(cfg: EvalConfig) -> Prepared:
         start, end = shard_range(len(ds), index, count)
         if start == end:
             raise UserError(f"--shard {cfg.shard}: {len(ds)} samples leave part {index} empty; use at most {len(ds)} shards")
-        shard, ds = (index, count, start, len(ds)), ds.part(start, end)
+        shard, ds = Shard(index, count, start, len(ds)), ds.part(start, end)
     if cfg.looks and len(ds) < cfg.looks:
         raise UserError(f"dataset {ds.name} has {len(ds)} samples, fewer than --looks {cfg.looks}; lower spec.analysis.sequential.looks")
     num_classes = cfg.num_classes or ds.num_classes
@@ -197,8 +207,10 @@ def prepare(cfg: EvalConfig) -> Prepared:
     )
     to_input = loader.ToModelInput(data_cfg, cfg.preprocess, runner.device, runner.memory_format)
     return Prepared(
-        cfg, started, device, amp_dtype, channels_last, threads, workers, ds, num_classes, loaded, data_cfg,
-        loader.DeviceBatches(batches, runner.device, to_input), runner, fingerprint, shard, skipped=skipped, barrier=barrier,
+        cfg=cfg, started=started, device=device, amp_dtype=amp_dtype, channels_last=channels_last, threads=threads,
+        workers=workers, dataset=ds, num_classes=num_classes, model=loaded, data_config=data_cfg,
+        loader=loader.DeviceBatches(batches, runner.device, to_input), runner=runner, fingerprint=fingerprint, shard=shard,
+        skipped=skipped, barrier=barrier,
     )  # fmt: skip
 
 
@@ -333,20 +345,19 @@ def build_metrics(prep: Prepared, loop: Loop, look: int | None = None) -> dict:
         }
     )
     if prep.shard:
-        index, count, start, total = prep.shard
-        metrics["shard"] = {"index": index, "count": count, "start": start, "n_total": total}
+        metrics["shard"] = {"index": prep.shard.index, "count": prep.shard.count, "start": prep.shard.start, "n_total": prep.shard.total}
     if cfg.looks:  # which look these files are, of how many over how many samples (the analysis' information fraction)
         metrics["look"] = {"look": look, "looks": cfg.looks, "n_total": len(ds)}
     return metrics
 
 
-def write(out: Path, metrics: dict, predictions: pa.Table, shard: tuple | None = None) -> None:
+def write(out: Path, metrics: dict, predictions: pa.Table, shard: Shard | None = None) -> None:
     """predictions.parquet and metrics.json (with the predictions' checksum), appearing together, metrics.json last:
     its presence means "complete" (a shard's files carry its part in their names)."""
     names = (
         (PREDICTIONS, METRICS)
         if not shard
-        else (shard_file("predictions", *shard[:2], ".parquet"), shard_file("metrics", *shard[:2], ".json"))
+        else (shard_file("predictions", shard.index, shard.count, ".parquet"), shard_file("metrics", shard.index, shard.count, ".json"))
     )
     with results.staged(out) as stage:
         staged_predictions = stage(names[0])
@@ -361,7 +372,7 @@ def write_result(prep: Prepared, loop: Loop, look: int | None) -> dict:
     if look is not None and look < prep.cfg.looks:
         out = out / look_dir(look, prep.cfg.looks)
     metrics = build_metrics(prep, loop, look)
-    start = prep.shard[2] if prep.shard else 0
+    start = prep.shard.start if prep.shard else 0
     write(out, metrics, predictions_table(ds.labels[:n], loop.topk, loop.confidence, ds.ids[:n], start), prep.shard)
     return metrics
 

@@ -30,24 +30,22 @@ def option(
     return field(default=default, metadata={"help": help, "spec": spec, "choices": choices, "group": group, "positional": positional})
 
 
+def _unwrap(hint):
+    """``X | None`` -> X."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
 @cache
 def _types(cls: type) -> dict[str, type]:
     """Each field's value type: ``int | None`` -> int, ``tuple[float, ...]`` -> tuple."""
-    out = {}
-    for name, hint in typing.get_type_hints(cls).items():
-        if typing.get_origin(hint) in (typing.Union, types.UnionType):
-            hint = next(a for a in typing.get_args(hint) if a is not type(None))
-        out[name] = typing.get_origin(hint) or hint
-    return out
+    return {name: typing.get_origin(_unwrap(hint)) or _unwrap(hint) for name, hint in typing.get_type_hints(cls).items()}
 
 
-@cache
 def _item_type(cls: type, name: str) -> type:
     """The element type of a ``tuple[X, ...]`` field."""
-    hint = typing.get_type_hints(cls)[name]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    return typing.get_args(hint)[0]
+    return typing.get_args(_unwrap(typing.get_type_hints(cls)[name]))[0]
 
 
 def flag(name: str) -> str:

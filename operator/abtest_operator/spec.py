@@ -123,10 +123,7 @@ def check_rules(spec: dict) -> None:
 def _check_analysis(values: dict) -> None:
     """The analysis contract's rules (the CRD's CEL rules on spec.analysis), named as the spec spells them."""
     try:
-        analyze.check(
-            values.get("alpha", 0.05), values.get("hypothesis", SUPERIORITY), values.get("margin"), values.get("looks"),
-            values.get("spending"), spelled=analyze.spec_field,
-        )  # fmt: skip
+        analyze.AnalysisConfig(dir="", **values).check(analyze.spec_field)
     except UserError as err:
         raise UserError(f"ABTest is invalid: {err}") from None
 

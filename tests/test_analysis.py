@@ -19,8 +19,8 @@ from statsmodels.stats.multitest import multipletests
 
 from abtest_api.errors import UserError
 from abtest_api.result import check_status_result, status_result
-from abtest_evaluator import barrier, report, results
-from abtest_evaluator.analysis import analyze, run_analysis
+from abtest_evaluator import barrier, results
+from abtest_evaluator.analysis import analyze, report, run_analysis
 from helpers import ROOT, abtest_cli, local_manifest, read_json, result_json
 
 
@@ -406,7 +406,7 @@ def test_publish_writes_only_to_the_abtest_it_analysed():
     from kubernetes.client.exceptions import ApiException
 
     from abtest_api.result import status_result
-    from abtest_evaluator.publish import publish_result
+    from abtest_evaluator.analysis.publish import publish_result
 
     class Api:
         """One ABTest whose UID and resourceVersion a test sets; a patch on a stale resourceVersion is a conflict."""
@@ -444,7 +444,7 @@ def test_publish_writes_only_to_the_abtest_it_analysed():
 
 
 def test_different_images_or_versions_are_warned_about():
-    from abtest_evaluator.analysis import collect_warnings
+    from abtest_evaluator.analysis.verdict import collect_warnings
     from abtest_evaluator.results import ModelData
 
     def model(name, image, torch):
@@ -566,8 +566,8 @@ def test_a_class_that_got_worse_is_named():
 
 
 def test_power_warning_uses_holms_first_step_alpha_for_several_pairs():
-    from abtest_evaluator import stats
-    from abtest_evaluator.analysis import power_warnings
+    from abtest_evaluator.analysis import stats
+    from abtest_evaluator.analysis.verdict import power_warnings
 
     pair = {"a": "x", "b": "y", "significant": False, "n": 1000, "n10": 30, "n01": 20, "accuracy_diff": 0.001}
     (one,) = power_warnings([pair], 0.05)

@@ -50,6 +50,35 @@ def test_the_evaluator_never_imports_the_operator():
     )
 
 
+def test_the_analysis_is_torch_free_and_reads_only_the_results_files():
+    """The analysis needs no torch (docs/architecture.md): the analysis subpackage imports nothing of the evaluating
+    side but the results files, and loading it loads no torch."""
+    evaluating = {"barrier", "datasets", "evaluate", "kernels", "loader", "models", "resolve", "runner", "telemetry", "train"}
+    for name, path in ((n, p) for n, p in _evaluator_modules() if n.startswith("analysis/")):
+        tree = ast.parse(path.read_text())
+        names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        names |= {
+            f"{node.module}.{alias.name}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module == "abtest_evaluator"
+            for alias in node.names
+        }
+        bad = {n for n in names if n.split(".")[0] == "torch" or n.removeprefix("abtest_evaluator.").split(".")[0] in evaluating}
+        assert not bad, f"{name} imports {sorted(bad)}; the analysis reads abtest_evaluator.results only"
+    code = (
+        "import sys, abtest_evaluator.analysis, abtest_evaluator.analysis.publish; "
+        "print(*[m for m in ('torch', 'abtest_operator') if m in sys.modules]); sys.exit('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, f"importing the analysis loaded {out.stdout.strip()} {out.stderr}"
+
+
+def _evaluator_modules():
+    root = PACKAGES["abtest_evaluator"]
+    return [(p.relative_to(root).as_posix(), p) for p in sorted(root.rglob("*.py"))]
+
+
 def test_only_the_cli_and_the_local_runner_import_both_planes():
     importers = {name for name, mods in imports("abtest_operator").items() if "abtest_evaluator" in mods}
     assert importers == {"cli.py", "local.py"}

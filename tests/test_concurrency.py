@@ -8,8 +8,7 @@ import pytest
 
 from abtest_api.errors import UserError
 from abtest_api.result import check_status_result, status_result
-from abtest_evaluator import concurrency, plots, report
-from abtest_evaluator.analysis import compare_models
+from abtest_evaluator.analysis import compare_models, concurrency, plots, report
 from abtest_evaluator.results import ModelData
 from abtest_operator.metrics import OperatorMetrics
 

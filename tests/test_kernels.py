@@ -64,7 +64,7 @@ def test_nondeterministic_keeps_the_native_kernels(tmp_path, trained_models):
 
 
 def test_models_on_different_cpu_kernels_are_warned_about():
-    from abtest_evaluator.analysis import collect_warnings
+    from abtest_evaluator.analysis.verdict import collect_warnings
     from abtest_evaluator.results import ModelData
 
     def model(name, capability, portable):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from abtest_evaluator import plots
+from abtest_evaluator.analysis import plots
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from abtest_api.constants import look_dir, look_sizes
-from abtest_evaluator import sequential
+from abtest_evaluator.analysis import sequential
 from helpers import INPUT_FLAGS, abtest_cli, local_manifest, read_json
 
 FIVE = tuple(k / 5 for k in range(1, 6))

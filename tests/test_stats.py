@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from statsmodels.stats.contingency_tables import cochrans_q, mcnemar
 from statsmodels.stats.multitest import multipletests
 
-from abtest_evaluator import stats
-from abtest_evaluator.stats import Table
+from abtest_evaluator.analysis import stats
+from abtest_evaluator.analysis.stats import Table
 
 
 def test_textbook_mcnemar():

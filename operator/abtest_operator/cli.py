@@ -65,8 +65,9 @@ def cmd_analyze(args) -> int:
     # and frozen afterwards they are left out of every later collection, the interpreter's exit included.
     gc.disable()
     from abtest_api.result import status_result, status_sequential
-    from abtest_evaluator import analysis, publish
-    from abtest_evaluator.report import text_table
+    from abtest_evaluator import analysis
+    from abtest_evaluator.analysis import publish
+    from abtest_evaluator.analysis.report import text_table
 
     gc.freeze()
     gc.enable()
@@ -99,7 +100,7 @@ def add_run(sub) -> None:
 
 
 def cmd_run(args) -> int:
-    from abtest_evaluator.report import text_table
+    from abtest_evaluator.analysis.report import text_table
     from abtest_operator.local import run_local
 
     result, out = run_local(args.file, args.out, args.device)

@@ -86,7 +86,7 @@ def test_two_model_example_succeeds_with_the_right_p_value(cluster, namespace):
 def test_a_non_inferiority_test_reaches_its_decision_in_status(cluster, namespace):
     """spec.analysis.hypothesis noninferiority: the analysis Job decides from the 1 - 2 alpha interval and the status
     says so in words; the decision matches the interval computed here from the predictions on the volume."""
-    from abtest_evaluator import stats
+    from abtest_evaluator.analysis import stats
 
     manifest = example_manifest("abtest-digits-noninferior.yaml", namespace.name)
     assert manifest["spec"]["analysis"] == {"alpha": 0.05, "hypothesis": "noninferiority", "margin": 0.1}

@@ -105,7 +105,7 @@ def test_status_result_is_checked_by_the_api_server_and_written_only_to_the_anal
     from abtest_api.constants import GROUP, PLURAL, VERSION
     from abtest_api.errors import UserError
     from abtest_api.result import status_result
-    from abtest_evaluator.publish import publish_result
+    from abtest_evaluator.analysis.publish import publish_result
     from helpers import result_json
     from kube import wait_phase
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 
 from abtest_api.result import format_p
-from abtest_evaluator import plots
+from abtest_evaluator.analysis import plots
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#111827;padding:0 1rem}

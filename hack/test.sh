@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Sets up everything the tests need and runs them: system packages (openssl, Prometheus and its
+# Sets up everything the tests need and runs them: system packages (openssl, the Prometheus
 # Pushgateway, and the node's pieces: runc, CNI plugins, iptables, buildah, debootstrap), the
-# virtualenv, checkov, the Kubernetes binaries and containerd (built once from the Go module proxy and cached),
+# virtualenv, checkov, the Kubernetes binaries, containerd, Prometheus 3 and promtool (built once from the Go module proxy and cached),
 # the project's images (built from the Dockerfile with buildah, cached by input hash), then pytest
 # over every tier. Extra arguments go to pytest.
 set -euo pipefail
@@ -9,7 +9,6 @@ cd "$(dirname "$0")/.."
 need=()
 command -v openssl >/dev/null || need+=(openssl)
 command -v unshare >/dev/null || need+=(util-linux)
-command -v prometheus >/dev/null || need+=(prometheus)
 command -v prometheus-pushgateway >/dev/null || need+=(prometheus-pushgateway)
 command -v runc >/dev/null || need+=(runc)
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)

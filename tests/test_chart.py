@@ -215,3 +215,18 @@ def test_network_policies_are_opt_in_and_select_the_operator_and_the_evaluators(
     assert all("to" not in rule for rule in models["egress"])  # DNS and the Pushgateway port only: no API server
     assert analysis["podSelector"] == {"matchLabels": {"abtest.dev/role": "analysis"}} and "ingress" not in analysis
     assert analysis["egress"][0]["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
+
+
+def test_alerts_fire_when_they_should_and_name_the_next_step(helm, tmp_path):
+    """The chart's PrometheusRule, rendered as a user's release, under `promtool test rules` (charts/alerts.test.yaml)."""
+    (rule,) = [d for d in render(helm, "metrics.prometheusRule.enabled=true") if d["kind"] == "PrometheusRule"]
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    (tmp_path / "alerts.test.yaml").write_text((ROOT / "charts" / "alerts.test.yaml").read_text())
+    tested = {
+        t["alertname"] for case in yaml.safe_load((tmp_path / "alerts.test.yaml").read_text())["tests"] for t in case["alert_rule_test"]
+    }
+    assert tested == {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r}, "every alert has a test"
+    promtool = str(build_binaries() / "promtool")
+    for args in (["check", "rules", "rules.yaml"], ["test", "rules", "alerts.test.yaml"]):
+        out = subprocess.run([promtool, *args], capture_output=True, text=True, cwd=tmp_path)
+        assert out.returncode == 0, out.stdout + out.stderr

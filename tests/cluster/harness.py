@@ -8,15 +8,12 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import yaml
-from kubernetes import client
 
 from cluster.controlplane import ControlPlane, free_port
 
@@ -242,44 +239,24 @@ def make_namespace(cluster: ControlPlane, models_dir: Path, label: str):
 
 
 class Prometheus:
-    """Debian's prometheus on loopback, scraping the operator's and the evaluators' pods on their pod IPs.
+    """Prometheus 3 (built by build-binaries.sh) on loopback, discovering the operator's Service and the evaluator pods
+    through the API server (kubernetes_sd) with the scrape configs the chart's ServiceMonitor and PodMonitor stand
+    for, and evaluating the chart's PrometheusRule (``monitors``: those objects as the chart renders them; only those
+    labelled ``select`` are taken, as a Prometheus resource's selectors do)."""
 
-    Debian builds Prometheus without kubernetes_sd, so a small thread stands in for it: it lists the
-    running pods annotated prometheus.io/scrape (what the PodMonitor selects) and writes them as
-    file_sd targets, the operator's pod in one job and the evaluators' in another.
-    """
+    def __init__(self, root: Path, cluster: ControlPlane, binaries: Path, monitors: list[dict], select: dict):
+        from cluster.controlplane import ADMIN_TOKEN
+        from cluster.monitors import prometheus_config
 
-    def __init__(self, root: Path, cluster: ControlPlane):
         self.port = free_port()
         self.cluster = cluster
         root.mkdir(parents=True, exist_ok=True)
-        self.targets = {job: root / f"{job}.json" for job in ("abtest-operator", "abtest-evaluators")}
-        for path in self.targets.values():
-            path.write_text("[]")
-        cfg = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [
-                {
-                    "job_name": "abtest-operator",
-                    "file_sd_configs": [{"files": [str(self.targets["abtest-operator"])], "refresh_interval": "1s"}],
-                },
-                {
-                    "job_name": "abtest-evaluators",
-                    "honor_labels": True,
-                    "file_sd_configs": [{"files": [str(self.targets["abtest-evaluators"])], "refresh_interval": "1s"}],
-                },
-            ],
-        }
-        self._stop = threading.Event()
-        threading.Thread(target=self._discover, daemon=True).start()
+        cfg = prometheus_config(monitors, select, cluster.server, cluster.ca, ADMIN_TOKEN, root / "rules.yaml")
         (root / "prometheus.yml").write_text(yaml.safe_dump(cfg))
         self.log = open(root / "prometheus.log", "w")  # noqa: SIM115 (open for the server's lifetime)
-        binary = shutil.which("prometheus")
-        if binary is None:
-            raise RuntimeError("prometheus is not installed: apt-get install prometheus (hack/test.sh does)")
         self.proc = subprocess.Popen(
             [
-                binary,
+                str(binaries / "prometheus"),
                 f"--config.file={root / 'prometheus.yml'}",
                 f"--storage.tsdb.path={root / 'data'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
@@ -311,30 +288,14 @@ class Prometheus:
         assert body["status"] == "success", body
         return body["data"]["result"]
 
-    def _discover(self) -> None:
-        core = client.CoreV1Api(self.cluster.api)
-        while not self._stop.wait(0.5):
-            try:
-                pods = core.list_pod_for_all_namespaces(field_selector="status.phase=Running").items
-            except Exception:
-                continue
-            groups = {job: [] for job in self.targets}
-            for p in pods:
-                if (p.metadata.annotations or {}).get("prometheus.io/scrape") == "true" and p.status.pod_ip:
-                    job = "abtest-operator" if p.metadata.namespace == RELEASE_NS else "abtest-evaluators"
-                    groups[job].append(
-                        {
-                            "targets": [f"{p.status.pod_ip}:{p.metadata.annotations['prometheus.io/port']}"],
-                            "labels": {"pod": p.metadata.name},
-                        }
-                    )
-            for job, path in self.targets.items():
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(groups[job]))
-                tmp.replace(path)
+    def alerts(self) -> list[dict]:
+        """The alerts Prometheus holds now (pending and firing), with their labels and annotations."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v1/alerts", timeout=10) as resp:
+            return json.loads(resp.read())["data"]["alerts"]
 
     def stop(self) -> None:
-        self._stop.set()
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(timeout=30)

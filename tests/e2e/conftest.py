@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cluster.controlplane import ControlPlane, build_binaries
-from cluster.harness import Prometheus, build_images, make_namespace, start_cluster, start_operator
+from cluster.harness import Prometheus, build_images, helm_template, make_namespace, start_cluster, start_operator
 from cluster.node import GATEWAY
 from helpers import CACHE
 
@@ -25,6 +25,17 @@ EXAMPLE_CHECKPOINTS = {
     "timm/test_vit": "test_vit-digits.safetensors",
     "torchvision/shufflenet_v2_x0_5": "shufflenet_v2_x0_5-digits.pth",
 }
+# The chart values a kube-prometheus-stack user sets (docs/operator.md), scraping every second for the tests.
+MONITORING = {
+    "metrics.serviceMonitor.enabled": "true",
+    "metrics.podMonitor.enabled": "true",
+    "metrics.prometheusRule.enabled": "true",
+    "metrics.serviceMonitor.interval": "1s",
+    "metrics.podMonitor.interval": "1s",
+    "metrics.additionalLabels.release": "kube-prometheus-stack",
+}
+PROMETHEUS_SELECTOR = {"release": "kube-prometheus-stack"}  # what kube-prometheus-stack's Prometheus selects on
+MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +102,10 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture(scope="session")
-def prometheus(cluster, operator):
-    prom = Prometheus(cluster.root / "prometheus", cluster)
+def prometheus(cluster, operator, binaries):
+    """Prometheus scraping what the chart's monitors select, every second, and evaluating its alerts."""
+    sets = {**operator.values, **MONITORING}
+    monitors = [d for d in helm_template(binaries, *(f"{k}={v}" for k, v in sets.items())) if d["kind"] in MONITORING_KINDS]
+    prom = Prometheus(cluster.root / "prometheus", cluster, binaries, monitors, PROMETHEUS_SELECTOR)
     yield prom
     prom.stop()

@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from cluster.harness import RELEASE, RELEASE_NS
 from helpers import ROOT
 from kube import apply, example_manifest, jobs, wait_phase
 
@@ -55,6 +56,9 @@ def test_evaluator_pods_were_scraped_while_running(prometheus, watched):
     assert all(v > 0 for v in seen.values())
     counts = prometheus.query(f'count_over_time(abtest_samples_processed_total{{namespace="{ns.name}",abtest="watched"}}[10m])')
     assert all(float(s["value"][1]) >= 2 for s in counts), counts  # several scrapes per evaluation, not one
+    # discovered through the API server by the chart's PodMonitor (its job label), each pod as its own target
+    assert {s["metric"]["job"] for s in series} == {f"{RELEASE_NS}/{RELEASE}-abtest-operator-evaluators"}, series
+    assert len({s["metric"]["pod"] for s in series}) == 2, series
 
 
 def test_operator_result_gauges_match_status(prometheus, watched):
@@ -68,6 +72,29 @@ def test_operator_result_gauges_match_status(prometheus, watched):
         assert float(series["value"][1]) == pytest.approx(result["models"][series["metric"]["model"]]["accuracy"])
     phases = {s["metric"]["phase"]: float(s["value"][1]) for s in prometheus.query("abtest_abtests")}
     assert phases["Succeeded"] >= 1
+    assert {s["metric"]["job"] for s in prometheus.query("abtest_abtests")} == {f"{RELEASE}-abtest-operator"}  # the ServiceMonitor's
+
+
+def test_a_failed_abtest_fires_its_alert_naming_it_and_the_next_step(cluster, prometheus, namespace):
+    """The chart's PrometheusRule, evaluated by the Prometheus that scrapes the operator: an ABTest the policy fails
+    (an image outside evaluator.allowedImages) raises ABTestFailed with its namespace and name and the command to run."""
+    manifest = example_manifest("abtest-digits.yaml", namespace.name)
+    manifest["metadata"]["name"] = "refused"
+    manifest["spec"]["image"] = "registry.example.com/other/evaluator:1"
+    apply(cluster, manifest)
+    assert wait_phase(cluster, namespace.name, "refused", ("Failed",), timeout=60)["status"]["phase"] == "Failed"
+
+    def firing():
+        return [
+            a
+            for a in prometheus.alerts()
+            if a["labels"].get("alertname") == "ABTestFailed" and a["labels"].get("abtest") == "refused" and a["state"] == "firing"
+        ]
+
+    (alert,) = cluster.wait_for(firing, 30, "ABTestFailed firing for the refused ABTest")
+    assert alert["labels"]["namespace"] == namespace.name and alert["labels"]["severity"] == "warning"
+    assert f"kubectl describe abtest refused -n {namespace.name}" in alert["annotations"]["description"]
+    assert not [a for a in prometheus.alerts() if a["labels"].get("alertname") == "ABTestOperatorDown"]  # it is scraped
 
 
 def test_every_dashboard_panel_returns_data(prometheus, watched):

@@ -80,6 +80,8 @@ def pod_monitor_jobs(monitor: dict, sd: dict) -> list[dict]:
 
 
 def service_monitor_jobs(monitor: dict, sd: dict) -> list[dict]:
+    """Discovered through EndpointSlices, as the Prometheus Operator does with ``serviceDiscoveryRole: EndpointSlice``
+    (v1 Endpoints are deprecated since Kubernetes 1.33, and the test cluster runs no Endpoints controller)."""
     spec, meta = monitor["spec"], monitor["metadata"]
     _check(spec, SERVICE_MONITOR_FIELDS, f"ServiceMonitor {meta['name']}")
     jobs = []
@@ -88,10 +90,10 @@ def service_monitor_jobs(monitor: dict, sd: dict) -> list[dict]:
             {
                 "job_name": f"serviceMonitor/{meta['namespace']}/{meta['name']}/{i}",
                 **_endpoint_settings(endpoint, f"ServiceMonitor {meta['name']} endpoint {i}"),
-                "kubernetes_sd_configs": [{"role": "endpoints", **sd, **_namespaces(monitor)}],
+                "kubernetes_sd_configs": [{"role": "endpointslice", **sd, **_namespaces(monitor)}],
                 "relabel_configs": [
                     *_keep_labels("service", spec["selector"]["matchLabels"]),
-                    {"source_labels": ["__meta_kubernetes_endpoint_port_name"], "regex": re.escape(endpoint["port"]), "action": "keep"},
+                    {"source_labels": ["__meta_kubernetes_endpointslice_port_name"], "regex": re.escape(endpoint["port"]), "action": "keep"},
                     {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
                     {"source_labels": ["__meta_kubernetes_service_name"], "target_label": "service"},
                     {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},

@@ -72,7 +72,7 @@ def test_operator_result_gauges_match_status(prometheus, watched):
         assert float(series["value"][1]) == pytest.approx(result["models"][series["metric"]["model"]]["accuracy"])
     phases = {s["metric"]["phase"]: float(s["value"][1]) for s in prometheus.query("abtest_abtests")}
     assert phases["Succeeded"] >= 1
-    assert {s["metric"]["job"] for s in prometheus.query("abtest_abtests")} == {f"{RELEASE}-abtest-operator"}  # the ServiceMonitor's
+    assert {s["metric"]["job"] for s in prometheus.query("abtest_abtests")} == {f"{RELEASE}-abtest-operator-metrics"}  # the Service's
 
 
 def test_a_failed_abtest_fires_its_alert_naming_it_and_the_next_step(cluster, prometheus, namespace):

@@ -93,7 +93,11 @@ def service_monitor_jobs(monitor: dict, sd: dict) -> list[dict]:
                 "kubernetes_sd_configs": [{"role": "endpointslice", **sd, **_namespaces(monitor)}],
                 "relabel_configs": [
                     *_keep_labels("service", spec["selector"]["matchLabels"]),
-                    {"source_labels": ["__meta_kubernetes_endpointslice_port_name"], "regex": re.escape(endpoint["port"]), "action": "keep"},
+                    {
+                        "source_labels": ["__meta_kubernetes_endpointslice_port_name"],
+                        "regex": re.escape(endpoint["port"]),
+                        "action": "keep",
+                    },
                     {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
                     {"source_labels": ["__meta_kubernetes_service_name"], "target_label": "service"},
                     {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},

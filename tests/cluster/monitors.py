@@ -50,33 +50,47 @@ def _endpoint_settings(endpoint: dict, what: str) -> dict:
     return out
 
 
+def _jobs(monitor: dict, kind: str, endpoints_field: str, role: str, sd: dict, relabel) -> list[dict]:
+    """One scrape job per endpoint of the monitor: its name, settings and discovery as the operator writes them;
+    ``relabel(endpoint)`` gives the kind's own selection and target labels, before the shared ones."""
+    meta = monitor["metadata"]
+    return [
+        {
+            "job_name": f"{kind[0].lower()}{kind[1:]}/{meta['namespace']}/{meta['name']}/{i}",
+            **_endpoint_settings(endpoint, f"{kind} {meta['name']} endpoint {i}"),
+            "kubernetes_sd_configs": [{"role": role, **sd, **_namespaces(monitor)}],
+            "relabel_configs": [
+                *relabel(endpoint),
+                {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+                {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+                {"target_label": "endpoint", "replacement": endpoint["port"]},
+            ],
+        }
+        for i, endpoint in enumerate(monitor["spec"][endpoints_field])
+    ]
+
+
+def _keep_port(meta_label: str, endpoint: dict) -> dict:
+    return {"source_labels": [meta_label], "regex": re.escape(endpoint["port"]), "action": "keep"}
+
+
 def pod_monitor_jobs(monitor: dict, sd: dict) -> list[dict]:
     spec, meta = monitor["spec"], monitor["metadata"]
     _check(spec, POD_MONITOR_FIELDS, f"PodMonitor {meta['name']}")
-    jobs = []
-    for i, endpoint in enumerate(spec["podMetricsEndpoints"]):
-        jobs.append(
-            {
-                "job_name": f"podMonitor/{meta['namespace']}/{meta['name']}/{i}",
-                **_endpoint_settings(endpoint, f"PodMonitor {meta['name']} endpoint {i}"),
-                "kubernetes_sd_configs": [{"role": "pod", **sd, **_namespaces(monitor)}],
-                "relabel_configs": [
-                    {"source_labels": ["__meta_kubernetes_pod_phase"], "regex": "(Failed|Succeeded)", "action": "drop"},
-                    *_keep_labels("pod", spec["selector"]["matchLabels"]),
-                    {
-                        "source_labels": ["__meta_kubernetes_pod_container_port_name"],
-                        "regex": re.escape(endpoint["port"]),
-                        "action": "keep",
-                    },
-                    {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
-                    {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-                    {"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"},
-                    {"target_label": "job", "replacement": f"{meta['namespace']}/{meta['name']}"},
-                    {"target_label": "endpoint", "replacement": endpoint["port"]},
-                ],
-            }
-        )
-    return jobs
+    return _jobs(
+        monitor,
+        "PodMonitor",
+        "podMetricsEndpoints",
+        "pod",
+        sd,
+        lambda endpoint: [
+            {"source_labels": ["__meta_kubernetes_pod_phase"], "regex": "(Failed|Succeeded)", "action": "drop"},
+            *_keep_labels("pod", spec["selector"]["matchLabels"]),
+            _keep_port("__meta_kubernetes_pod_container_port_name", endpoint),
+            {"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"},
+            {"target_label": "job", "replacement": f"{meta['namespace']}/{meta['name']}"},
+        ],
+    )
 
 
 def service_monitor_jobs(monitor: dict, sd: dict) -> list[dict]:
@@ -84,29 +98,19 @@ def service_monitor_jobs(monitor: dict, sd: dict) -> list[dict]:
     (v1 Endpoints are deprecated since Kubernetes 1.33, and the test cluster runs no Endpoints controller)."""
     spec, meta = monitor["spec"], monitor["metadata"]
     _check(spec, SERVICE_MONITOR_FIELDS, f"ServiceMonitor {meta['name']}")
-    jobs = []
-    for i, endpoint in enumerate(spec["endpoints"]):
-        jobs.append(
-            {
-                "job_name": f"serviceMonitor/{meta['namespace']}/{meta['name']}/{i}",
-                **_endpoint_settings(endpoint, f"ServiceMonitor {meta['name']} endpoint {i}"),
-                "kubernetes_sd_configs": [{"role": "endpointslice", **sd, **_namespaces(monitor)}],
-                "relabel_configs": [
-                    *_keep_labels("service", spec["selector"]["matchLabels"]),
-                    {
-                        "source_labels": ["__meta_kubernetes_endpointslice_port_name"],
-                        "regex": re.escape(endpoint["port"]),
-                        "action": "keep",
-                    },
-                    {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
-                    {"source_labels": ["__meta_kubernetes_service_name"], "target_label": "service"},
-                    {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-                    {"source_labels": ["__meta_kubernetes_service_name"], "target_label": "job"},  # the operator's default job label
-                    {"target_label": "endpoint", "replacement": endpoint["port"]},
-                ],
-            }
-        )
-    return jobs
+    return _jobs(
+        monitor,
+        "ServiceMonitor",
+        "endpoints",
+        "endpointslice",
+        sd,
+        lambda endpoint: [
+            *_keep_labels("service", spec["selector"]["matchLabels"]),
+            _keep_port("__meta_kubernetes_endpointslice_port_name", endpoint),
+            {"source_labels": ["__meta_kubernetes_service_name"], "target_label": "service"},
+            {"source_labels": ["__meta_kubernetes_service_name"], "target_label": "job"},  # the operator's default job label
+        ],
+    )
 
 
 def prometheus_config(objects: list[dict], select: dict, server: str, ca: Path, token: str, rules_file: Path) -> dict:

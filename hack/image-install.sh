@@ -10,11 +10,11 @@ pip=("$venv/bin/pip" install --no-cache-dir -q -c "$src/constraints.txt")
 "$venv/bin/pip" install --no-cache-dir -q --upgrade pip
 case "$target" in
   operator)      "${pip[@]}" "$src" ;;                                  # control plane only: no torch
-  evaluator)     "${pip[@]}" "$src[evaluator]" ;;                       # CUDA torch from PyPI
+  evaluator)     "${pip[@]}" "$src[evaluator,onnx-gpu]" ;;              # CUDA torch and ONNX Runtime from PyPI
   evaluator-cpu)                                                        # torch from TORCH_INDEX_URL (CPU-only by default)
     torch_index="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}"
     extra=(); [ "$torch_index" = https://pypi.org/simple ] || extra=(--extra-index-url https://pypi.org/simple)
-    "${pip[@]}" --index-url "$torch_index" "${extra[@]}" "$src[evaluator]" ;;
+    "${pip[@]}" --index-url "$torch_index" "${extra[@]}" "$src[evaluator,onnx]" ;;
   *) echo "unknown target $target (operator, evaluator, evaluator-cpu)" >&2; exit 2 ;;
 esac
 # An image never runs pip, and nothing here uses the kubernetes client's async twin (kubernetes.aio, 68 MB).

@@ -18,7 +18,7 @@ if [ ! -f "$ABTEST_DEPS_VENV/.complete" ]; then
   mkdir -p "$ABTEST_CACHE"
   "$_python" -m venv "$ABTEST_DEPS_VENV"
   "$ABTEST_DEPS_VENV/bin/pip" install -q --upgrade pip
-  "$ABTEST_DEPS_VENV/bin/pip" install -q -c "$_root/constraints.txt" "$_root[evaluator,test]"
+  "$ABTEST_DEPS_VENV/bin/pip" install -q -c "$_root/constraints.txt" "$_root[evaluator,onnx,export,test]"
   touch "$ABTEST_DEPS_VENV/.complete"
 fi
 _deps_site="$("$ABTEST_DEPS_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"

@@ -10,7 +10,7 @@ from abtest_evaluator import kernels
 
 kernels.pin()  # before torch loads, as `abtest evaluate` does: the suite trains and evaluates with the portable kernels
 
-from helpers import CACHE, INPUT_FLAGS, TINY_MODELS, abtest_cli, model_cache_key  # noqa: E402
+from helpers import CACHE, INPUT_FLAGS, TINY_MODELS, abtest_cli, artefact_cache_key, model_cache_key  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +26,22 @@ def trained_models() -> dict[str, Path]:
         if not path.exists():
             train_digits(arch, path, input_size=32, crop_pct=1.0, epochs=epochs)
         paths[arch] = path
+    return paths
+
+
+@pytest.fixture(scope="session")
+def exported_models(trained_models) -> dict[str, Path]:
+    """format -> the trained resnet10t written as that artefact (TorchScript, torch.export, ONNX), cached beside it."""
+    from abtest_api.constants import ARTEFACT_FORMATS
+    from abtest_evaluator.export import SUFFIXES, export_model
+    from abtest_evaluator.models import build_model
+
+    checkpoint = trained_models["timm/resnet10t"]
+    folder = checkpoint.parent / f"artefacts-{artefact_cache_key()}"
+    paths = {fmt: folder / f"resnet10t{SUFFIXES[fmt]}" for fmt in ARTEFACT_FORMATS}
+    for fmt, path in paths.items():
+        if not path.exists():
+            export_model(build_model("timm/resnet10t", 10, checkpoint=str(checkpoint)).module, fmt, path, (3, 32, 32))
     return paths
 
 

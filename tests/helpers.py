@@ -29,6 +29,15 @@ def model_cache_key() -> str:
     return hashlib.sha256(source + f"{torch.__version__}{timm.__version__}{sorted(TINY_MODELS.items())}".encode()).hexdigest()[:12]
 
 
+def artefact_cache_key() -> str:
+    """The exported artefacts depend on the exporter and the libraries (the trained model has its own key)."""
+    import onnx
+    import onnxscript
+
+    source = (ROOT / "evaluator" / "abtest_evaluator" / "export.py").read_bytes()
+    return hashlib.sha256(source + f"{onnx.__version__}{onnxscript.__version__}".encode()).hexdigest()[:12]
+
+
 def abtest_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Runs the real `abtest` entry point in a fresh process, as users and Jobs do."""
     return subprocess.run(
@@ -47,6 +56,17 @@ def read_json(path: Path) -> dict:
 # Invalid ABTest specs, each a mutation of the two-model example's spec (which sets device: cpu in
 # the e2e tier). The local validator (test_operator_units) and the API server (e2e/test_validation)
 # must both reject every one; each tier checks its own wording of the message.
+# What an artefact's model entry states in place of a pretrained config (with the example's inputSize and cropPct).
+ARTEFACT_PREPROCESSING = {"interpolation": "bicubic", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def as_onnx_model(model: dict, drop: tuple[str, ...] = (), **changes) -> None:
+    """Turn an example's model entry into a complete ONNX artefact entry, then change or drop some of its keys."""
+    model.update(ARTEFACT_PREPROCESSING, architecture="onnx", **changes)
+    for key in drop:
+        model.pop(key)
+
+
 INVALID_SPECS = {
     "no models": lambda s: s.pop("models"),
     "one model": lambda s: s.update(models=s["models"][:1]),
@@ -76,6 +96,11 @@ INVALID_SPECS = {
     "65 shards": lambda s: s.update(shardsPerModel=65),
     "9 queued models": lambda s: s.update(queueName="team-gpus", models=[dict(s["models"][0], name=f"m{i}") for i in range(9)]),
     "sequential non-inferiority": lambda s: s.update(analysis={"hypothesis": "noninferiority", "margin": 0.01, "sequential": {"looks": 3}}),
+    "artefact without file": lambda s: as_onnx_model(s["models"][0], drop=("checkpoint",)),
+    "artefact without preprocessing": lambda s: s["models"][0].update(architecture="onnx"),
+    "artefact precision": lambda s: as_onnx_model(s["models"][0], precision="fp16"),
+    "int8 off the cpu": lambda s: s["models"][1].update(precision="int8-dynamic"),
+    "unknown precision": lambda s: s["models"][0].update(precision="fp8"),
 }
 
 

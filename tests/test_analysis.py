@@ -376,6 +376,31 @@ def test_examples_validate():
     assert (noninferior.hypothesis, noninferior.margin) == ("noninferiority", 0.1)
     sequential = parse_abtest(load_manifest(ROOT / "examples" / "abtest-digits-sequential.yaml"))
     assert (sequential.looks, sequential.spending) == (5, "obrienFleming")
+    exported = parse_abtest(load_manifest(ROOT / "examples" / "abtest-digits-export.yaml"))
+    assert [(m.architecture, m.settings.get("precision")) for m in exported.models] == [
+        ("timm/resnet10t", None), ("onnx", None), ("timm/resnet10t", "int8-dynamic")
+    ]  # fmt: skip
+    assert (exported.hypothesis, exported.margin, exported.device) == ("noninferiority", 0.02, "cpu")
+
+
+def test_run_the_export_example_locally(tmp_path, trained_models, exported_models):
+    """examples/abtest-digits-export.yaml with `abtest run`: the ONNX export and the int8 variant against the .pth;
+    the table, result.json, status and report say what each model ran as, and why a field is not measured."""
+    manifest = yaml.safe_load((ROOT / "examples" / "abtest-digits-export.yaml").read_text())
+    files = {"pytorch": trained_models["timm/resnet10t"], "onnx": exported_models["onnx"], "int8": trained_models["timm/resnet10t"]}
+    for model in manifest["spec"]["models"]:
+        model["checkpoint"] = str(files[model["name"]])
+    (tmp_path / "export.yaml").write_text(yaml.safe_dump(manifest))
+    proc = abtest_cli("run", tmp_path / "export.yaml", "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    result = read_json(tmp_path / "out" / "result.json")
+    header, *rows = proc.stdout.splitlines()[:4]
+    assert header.split()[-2:] == ["runs", "as"] and [r.split()[-1] for r in rows] == ["fp32", "onnx", "int8-dynamic"]
+    assert result["models"]["onnx"]["runtime"].startswith("onnx: onnxruntime ") and result["models"]["int8"]["precision"] == "int8-dynamic"
+    assert [m["runsAs"] for m in status_result(result)["models"].values()] == ["fp32", "onnx", "int8-dynamic"]
+    assert result["omnibus"]["p_value"] <= 1 and [c["decision"] for c in result["comparisons"]] != []
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "<th>runtime</th>" in page and "onnxruntime" in page and "int8-dynamic" in page
 
 
 def test_readme_quickstart_output_is_what_a_fresh_run_prints(tmp_path):
@@ -589,3 +614,14 @@ def test_analyze_cli_decides_non_inferiority_and_refuses_a_missing_margin(evalua
     assert result["hypothesis"] == {"name": "noninferiority", "margin": 0.49} and c["method"] == "midp"
     assert c["decision"] == "noninferior" and result["verdict"].startswith("vit is non-inferior to resnet within 49 points")
     assert check_status_result(status_result(result))["comparisons"][0]["decision"] == "noninferior"
+
+
+def test_the_report_says_why_a_runtime_field_is_not_measured_or_a_setting_not_applied():
+    model = {"accuracy": 0.9, "top5": None, "latency_ms_p50": 1.0, "throughput": 100.0, "gpu_memory_bytes": None, "ece": 0.01,
+             "device": "NVIDIA H200", "precision": "fp32", "runtime": "onnx: onnxruntime 1.31.1 (CUDAExecutionProvider)",
+             "not_measured": {"gpu_memory": "ONNX Runtime allocates its own device memory"},
+             "not_applied": {"compile": "torch.compile is for PyTorch eager models"}}  # fmt: skip
+    page = report._summary({"models": {"onnx": model, "torch": {**model, "not_measured": {}, "not_applied": {}}}, "winner": None})
+    assert page.count("<td>n/a*</td>") == 1 and page.count("<td>-</td>") >= 1  # only the runtime that cannot measure it
+    assert "<li>onnx: gpu_memory not measured*: ONNX Runtime allocates its own device memory</li>" in page
+    assert "<li>onnx: compile not applied: torch.compile is for PyTorch eager models</li>" in page and "<li>torch:" not in page

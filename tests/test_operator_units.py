@@ -284,6 +284,11 @@ LOCAL_MESSAGES = {
     "sharded sequential": "spec.shardsPerModel above 1 cannot be combined with spec.analysis.sequential",
     "65 shards": "spec.shardsPerModel",
     "9 queued models": "spec.queueName admits the models as one Kueue workload, which holds at most 8 pod sets",
+    "artefact without file": "spec.models[0].checkpoint is required for an artefact",
+    "artefact without preprocessing": "spec.models[0]: an artefact (torchscript, export, onnx) has no pretrained config",
+    "artefact precision": "spec.models[0].precision applies to timm/torchvision models",
+    "int8 off the cpu": "int8-dynamic runs on the CPU only; set spec.device to cpu",
+    "unknown precision": "spec.models[0].precision",
 }
 
 

@@ -1,5 +1,6 @@
 """The statistics against statsmodels and textbook values, plus properties on random tables."""
 
+import json
 import math
 
 import numpy as np
@@ -120,7 +121,16 @@ def test_cochran_q_equals_statsmodels():
     res = stats.cochran_q(correct, 0.05)
     direct = cochrans_q(correct.astype(int))
     assert res["statistic"] == pytest.approx(direct.statistic) and res["p_value"] == pytest.approx(direct.pvalue)
-    assert res["df"] == 2
+    assert res["df"] == 2 and res["disagreeing_samples"] == int((correct.min(axis=1) != correct.max(axis=1)).sum())
+
+
+def test_cochran_q_of_models_that_never_disagree_finds_no_difference():
+    """An export that kept every prediction: statsmodels' Q is 0/0 (nan, which no JSON can hold); ours is 0, p = 1."""
+    correct = np.repeat((np.arange(300) % 7 != 0)[:, None], 3, axis=1)
+    assert np.isnan(cochrans_q(correct.astype(int)).statistic)
+    res = stats.cochran_q(correct, 0.05)
+    assert (res["statistic"], res["p_value"], res["df"], res["disagreeing_samples"], res["significant"]) == (0.0, 1.0, 2, 0, False)
+    json.dumps(res, allow_nan=False)
 
 
 def test_min_detectable_difference():

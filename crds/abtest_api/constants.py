@@ -53,3 +53,15 @@ def shard_file(stem: str, index: int, count: int, suffix: str) -> str:
 def shard_range(n: int, index: int, count: int) -> tuple[int, int]:
     """[start, end) of part ``index`` of ``count`` over ``n`` samples: contiguous, sizes differing by at most one."""
     return (index * n) // count, ((index + 1) * n) // count
+
+
+# What a model is (spec.models[].architecture): a timm or torchvision architecture by name, or an artefact file (its
+# checkpoint) loaded by its own runtime. An artefact has no pretrained config, so the ABTest states its preprocessing.
+TORCHSCRIPT, EXPORT, ONNX = "torchscript", "export", "onnx"
+ARTEFACT_FORMATS = (TORCHSCRIPT, EXPORT, ONNX)
+ARTEFACT_SETTINGS = ("inputSize", "interpolation", "mean", "std", "cropPct")  # what an artefact's model entry must set
+
+# The precision a timm/torchvision model runs at (spec.models[].precision): fp16/bf16 cast its weights and inputs,
+# int8-dynamic quantizes its linear layers with PyTorch's dynamic quantization (CPU only). Artefacts run as exported.
+FP32, FP16, BF16, INT8_DYNAMIC = "fp32", "fp16", "bf16", "int8-dynamic"
+PRECISIONS = (FP32, FP16, BF16, INT8_DYNAMIC)

@@ -14,6 +14,7 @@ import argparse
 from dataclasses import dataclass
 
 from abtest_api import contract
+from abtest_api.constants import ARTEFACT_FORMATS, FP32, PRECISIONS
 from abtest_api.contract import flag, option
 
 __all__ = ["EvalConfig", "add_arguments", "flag", "from_args", "parse_argv", "to_argv", "values_from_spec"]
@@ -21,7 +22,10 @@ __all__ = ["EvalConfig", "add_arguments", "flag", "from_args", "parse_argv", "to
 
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
-    model: str = option(help="timm/NAME or torchvision/NAME", spec="model:architecture")
+    model: str = option(
+        help="timm/NAME or torchvision/NAME, or an artefact file's format (torchscript, export, onnx) with --checkpoint FILE",
+        spec="model:architecture",
+    )
     dataset: str = option(help="digits | imagefolder | cifar10 | cifar100 | torchvision", spec="spec:dataset.name")
     path: str | None = option(None, help="dataset directory (all but digits)", spec="spec:dataset.path")
     dataset_class: str | None = option(
@@ -36,7 +40,9 @@ class EvalConfig:
         spec="spec:dataset.onUnreadable",
         choices=("fail", "skip"),
     )
-    checkpoint: str | None = option(None, help="state dict file (.pth or .safetensors)", spec="model:checkpoint", group="weights")
+    checkpoint: str | None = option(
+        None, help="state dict file (.pth or .safetensors), or the artefact file", spec="model:checkpoint", group="weights"
+    )
     pretrained: bool = option(False, help="hub weights (needs network access)", spec="model:pretrained", group="weights")
     num_classes: int | None = option(None, help="classifier outputs (default: the dataset's class count)", spec="model:numClasses")
     in_chans: int = option(3, help="input channels (1 for grey models)", spec="model:inChans")
@@ -64,6 +70,13 @@ class EvalConfig:
         help="where images become normalised floats: device (uint8 batches from the workers, a quarter of the bytes, converted "
         "where the model runs) or host (timm's float32 transform in the workers)",
         choices=("device", "host"),
+    )
+    precision: str = option(
+        FP32,
+        help="the precision a timm/torchvision model runs at: fp16 and bf16 cast its weights and inputs (autocast off), int8-dynamic "
+        "quantizes its linear layers (PyTorch dynamic quantization, CPU only); artefacts run as exported",
+        spec="model:precision",
+        choices=PRECISIONS,
     )
     compile: bool = option(False, help="torch.compile the model", spec="spec:compile")
     input_size: int | None = option(None, help="image side in pixels (default: the model's pretrained config)", spec="model:inputSize")
@@ -102,6 +115,11 @@ class EvalConfig:
     @property
     def model_label(self) -> str:
         return self.name or self.model
+
+    @property
+    def artefact(self) -> str | None:
+        """The artefact format when the model is a file loaded by its own runtime, else None."""
+        return self.model if self.model in ARTEFACT_FORMATS else None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

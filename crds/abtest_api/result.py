@@ -35,7 +35,7 @@ def status_result(result: dict) -> dict:
         "n": result["n"],
         **({"skipped": result["skipped"]} if result.get("skipped") else {}),
         "models": {
-            n: {"accuracy": m["accuracy"], "throughput": m["throughput"], "latencyMsP50": m["latency_ms_p50"]}
+            n: {"accuracy": m["accuracy"], "throughput": m["throughput"], "latencyMsP50": m["latency_ms_p50"], "runsAs": runs_as(m)}
             for n, m in result["models"].items()
         },
         "comparisons": [
@@ -109,3 +109,9 @@ def _check(field: str, value: dict) -> dict:
     if errors:
         raise UserError(f"status.{field} is invalid: {crd.error_path(errors[0])}: {errors[0].message}")
     return value
+
+
+def runs_as(model: dict) -> str:
+    """What a model ran as: an artefact's format, else its precision (result.json's model summary)."""
+    fmt = model.get("format", "pytorch")
+    return model.get("precision", "fp32") if fmt == "pytorch" else fmt

@@ -18,7 +18,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader
 
-from abtest_api.constants import MAX_LOOKS, METRICS, PREDICTIONS, look_dir, look_sizes, shard_file, shard_range
+from abtest_api.constants import BF16, FP16, FP32, MAX_LOOKS, METRICS, PREDICTIONS, look_dir, look_sizes, shard_file, shard_range
 from abtest_api.errors import UserError
 from abtest_api.evaluate import EvalConfig
 from abtest_evaluator import datasets, kernels, loader, measurements, models, resolve, results
@@ -152,7 +152,9 @@ def prepare(cfg: EvalConfig) -> Prepared:
     if cfg.looks is not None and not 2 <= cfg.looks <= MAX_LOOKS:
         raise UserError(f"--looks (spec.analysis.sequential.looks) must be in 2..{MAX_LOOKS}, got {cfg.looks}")
     device = resolve.resolve_device(cfg.device, torch.cuda.is_available())
-    amp_dtype = resolve.resolve_amp_dtype(device, cfg.amp, cfg.amp_dtype)
+    precision = resolve.resolve_precision(device, cfg.precision, cfg.artefact)
+    # autocast is for full-precision PyTorch models: an artefact runs as exported, a variant at its own precision
+    amp_dtype = resolve.resolve_amp_dtype(device, cfg.amp, cfg.amp_dtype) if precision == FP32 and not cfg.artefact else None
     channels_last = resolve.resolve_channels_last(device, cfg.channels_last)
     if cfg.preprocess not in loader.PREPROCESS:
         raise UserError(f"--preprocess {cfg.preprocess!r} is unknown; use one of {', '.join(loader.PREPROCESS)}")
@@ -187,13 +189,13 @@ def prepare(cfg: EvalConfig) -> Prepared:
             f"dataset {ds.name} has {ds.num_classes} classes but the model outputs {num_classes}; set --num-classes {ds.num_classes} (spec.models[].numClasses)"
         )
     barrier = start_barrier(cfg, (index, count) if count else None)
-    loaded = models.build_model(cfg.model, num_classes, cfg.in_chans, cfg.pretrained, cfg.checkpoint)
-    data_cfg = resolve.resolve_data_config(
-        loaded.pretrained_cfg, cfg.in_chans, cfg.input_size, cfg.interpolation, cfg.mean, cfg.std, cfg.crop_pct
-    )
-
+    loaded, data_cfg = load_model(cfg, num_classes, device, threads)
     transform = loader.build_transform(data_cfg, cfg.preprocess)
-    runner = Runner(loaded.module, device, amp_dtype, channels_last, cfg.compile, pad_to=cfg.batch_size)
+    compile = cfg.compile and loaded.runtime is None  # torch.compile is for PyTorch eager models (metrics.json says so)
+    runner = Runner(
+        models.apply_precision(loaded.module, precision), device, amp_dtype, channels_last, compile, pad_to=cfg.batch_size,
+        input_dtype=HALF_PRECISIONS.get(precision), host_timed=bool(loaded.runtime and loaded.runtime.host_timed),
+    )  # fmt: skip
     batches = DataLoader(
         loader.TransformedDataset(ds, transform, mode),
         batch_size=cfg.batch_size,
@@ -212,6 +214,22 @@ def prepare(cfg: EvalConfig) -> Prepared:
         loader=loader.DeviceBatches(batches, runner.device, to_input), runner=runner, fingerprint=fingerprint, shard=shard,
         skipped=skipped, barrier=barrier,
     )  # fmt: skip
+
+
+HALF_PRECISIONS = {FP16: torch.float16, BF16: torch.bfloat16}  # the input dtype of a model cast to half precision
+
+
+def load_model(cfg: EvalConfig, num_classes: int, device: str, threads: int) -> tuple[models.LoadedModel, resolve.DataConfig]:
+    """The model and its preprocessing: a timm/torchvision model's config fills what the flags leave unset; an
+    artefact has none, so every setting must be given (and it is probed with a batch of that shape)."""
+    settings = (cfg.input_size, cfg.interpolation, cfg.mean, cfg.std, cfg.crop_pct)
+    if not cfg.artefact:
+        loaded = models.build_model(cfg.model, num_classes, cfg.in_chans, cfg.pretrained, cfg.checkpoint)
+        return loaded, resolve.resolve_data_config(loaded.pretrained_cfg, cfg.in_chans, *settings)
+    flags = ("--input-size", "--interpolation", "--mean", "--std", "--crop-pct")
+    resolve.check_artefact_settings(cfg.artefact, cfg.checkpoint, cfg.pretrained, dict(zip(flags, settings)))
+    data_cfg = resolve.resolve_data_config(None, cfg.in_chans, *settings)
+    return models.load_artefact_model(cfg.artefact, cfg.checkpoint, data_cfg.input_size, num_classes, device, threads), data_cfg
 
 
 def start_barrier(cfg: EvalConfig, shard: tuple[int, int] | None) -> StartBarrier | None:
@@ -282,6 +300,36 @@ def run(prep: Prepared, telemetry: EvalTelemetry, on_look=None) -> Loop:
     return replace(loop, finished=time.time(), gpu_utilization=gpu)
 
 
+def runtime_summary(prep: Prepared) -> dict:
+    """What ran the model (PyTorch eager for a timm/torchvision model, else the artefact's runtime), the fields of
+    metrics.json it cannot measure (null there, never 0) and the settings asked for that do not apply to it, with why."""
+    runtime, cfg = prep.model.runtime, prep.cfg
+    not_applied = {}
+    if cfg.compile and runtime is not None:
+        not_applied["compile"] = "torch.compile is for PyTorch eager models; the artefact runs as exported"
+    if cfg.amp and prep.amp_dtype is None:
+        not_applied["amp"] = (
+            f"autocast is for full-precision PyTorch models; this one runs {'as exported' if runtime else 'at ' + cfg.precision}"
+        )
+    if runtime is None:
+        return {
+            "format": "pytorch",
+            "name": "torch",
+            "version": torch.__version__,
+            "providers": [],
+            "not_measured": {},
+            "not_applied": not_applied,
+        }
+    return {
+        "format": cfg.artefact,
+        "name": runtime.name,
+        "version": runtime.version,
+        "providers": list(runtime.providers),
+        "not_measured": dict(runtime.not_measured) if prep.device == "cuda" else {},  # on CPU no model reports GPU memory
+        "not_applied": not_applied,
+    }
+
+
 def build_metrics(prep: Prepared, loop: Loop, look: int | None = None) -> dict:
     """metrics.json's content (but the predictions checksum, which the writer adds); ``loop`` may be a look's prefix."""
     # Long because it is metrics.json's schema as one literal: every field, where it comes from, in one place to read.
@@ -304,6 +352,8 @@ def build_metrics(prep: Prepared, loop: Loop, look: int | None = None) -> dict:
             "model": cfg.model_label,
             "architecture": cfg.model,
             "weights": prep.model.weights,
+            "precision": cfg.precision,
+            "runtime": runtime_summary(prep),
             "dataset": {
                 "name": ds.name,
                 "split": cfg.split,
@@ -324,7 +374,7 @@ def build_metrics(prep: Prepared, loop: Loop, look: int | None = None) -> dict:
                 "threads": prep.threads,
                 "amp_dtype": prep.amp_dtype,
                 "channels_last": prep.channels_last,
-                "compile": cfg.compile,
+                "compile": cfg.compile and prep.model.runtime is None,
                 "deterministic": not cfg.nondeterministic,
                 "kernels": kernels.settings(),  # what decides the CPU numerics: the analysis warns when models differ
                 "preprocess": cfg.preprocess,

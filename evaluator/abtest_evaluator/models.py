@@ -1,4 +1,5 @@
-"""Model construction from ``timm/NAME`` or ``torchvision/NAME``, with pretrained weights or a checkpoint."""
+"""Model construction from ``timm/NAME`` or ``torchvision/NAME``, with pretrained weights or a checkpoint, or from an
+artefact file (abtest_evaluator.artefacts); and the precision a model runs at."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from abtest_api.constants import BF16, FP16, FP32, INT8_DYNAMIC
 from abtest_api.errors import UserError
+from abtest_evaluator import artefacts
 
 # Wrappers that training scripts put around a state dict (timm train.py, Lightning, plain loops).
 STATE_DICT_KEYS = ("state_dict_ema", "state_dict", "model_state_dict", "model", "module")
@@ -21,7 +24,8 @@ class LoadedModel:
     architecture: str
     num_classes: int
     pretrained_cfg: dict | None
-    weights: str  # "pretrained", "checkpoint:<path>" or "random"
+    weights: str  # "pretrained", "checkpoint:<path>", "artefact:<path>" or "random"
+    runtime: artefacts.Runtime | None = None  # what runs an artefact (None: PyTorch eager)
 
 
 def split_architecture(architecture: str) -> tuple[str, str]:
@@ -84,6 +88,25 @@ def build_model(
         load_checkpoint(module, checkpoint, architecture, num_classes)
         weights = f"checkpoint:{checkpoint}"
     return LoadedModel(module.eval(), architecture, num_classes, cfg, weights)
+
+
+def load_artefact_model(
+    fmt: str, path: str, input_size: tuple[int, int, int], num_classes: int, device: str = "cpu", threads: int | None = None
+) -> LoadedModel:
+    module, runtime = artefacts.load_artefact(fmt, path, input_size, num_classes, device, threads)
+    return LoadedModel(module, fmt, num_classes, None, f"artefact:{path}", runtime)
+
+
+def apply_precision(module: nn.Module, precision: str) -> nn.Module:
+    """The model at ``precision``: fp16/bf16 weights, or int8-dynamic (its linear layers quantized with PyTorch's
+    dynamic quantization: int8 weights, activations quantized per batch; convolutions stay float32)."""
+    if precision == FP32:
+        return module
+    if precision == INT8_DYNAMIC:
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8)
+    return module.to({FP16: torch.float16, BF16: torch.bfloat16}[precision])
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from abtest_api.constants import FP32, INT8_DYNAMIC, PRECISIONS
 from abtest_api.errors import UserError
 
 # timm's defaults (timm/data/constants.py), used when a model has no pretrained config.
@@ -109,6 +110,32 @@ def resolve_amp_dtype(device_type: str, amp: bool | None, amp_dtype: str = "floa
     if amp_dtype not in ("float16", "bfloat16"):
         raise UserError(f"--amp-dtype {amp_dtype!r} is unknown; use float16 or bfloat16")
     return "bfloat16" if device_type == "cpu" else amp_dtype
+
+
+def resolve_precision(device_type: str, precision: str, artefact: str | None) -> str:
+    """--precision for this model and device: artefacts run as exported, int8-dynamic (PyTorch's dynamic
+    quantization, whose kernels are the CPU's) only on the CPU."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision!r} is unknown; use one of {', '.join(PRECISIONS)}")
+    if artefact and precision != FP32:
+        raise UserError(
+            f"--precision {precision} applies to timm/torchvision models; the {artefact} artefact runs as exported (drop spec.models[].precision)"
+        )
+    if precision == INT8_DYNAMIC and device_type != "cpu":
+        raise UserError("--precision int8-dynamic runs on the CPU only; set --device cpu (spec.device)")
+    return precision
+
+
+def check_artefact_settings(artefact: str, checkpoint: str | None, pretrained: bool, settings: dict[str, object]) -> None:
+    """An artefact is a file with no pretrained config: its file and every preprocessing setting must be given."""
+    if not checkpoint or pretrained:
+        raise UserError(f"--model {artefact} needs the artefact file as --checkpoint FILE (spec.models[].checkpoint), and no --pretrained")
+    missing = [name for name, value in settings.items() if value is None]
+    if missing:
+        raise UserError(
+            f"--model {artefact} has no pretrained config to take preprocessing from; set {', '.join(missing)} "
+            "(spec.models[].inputSize, interpolation, mean, std, cropPct) to what it was trained with"
+        )
 
 
 def resolve_channels_last(device_type: str, channels_last: bool | None) -> bool:

@@ -67,17 +67,22 @@ class Runner:
         topk: int = 5,
         pad_to: int | None = None,
         compile_backend="inductor",
+        input_dtype: torch.dtype | None = None,
+        host_timed: bool = False,
     ):
         self.device = torch.device(device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        module = module.to(self.device, memory_format=self.memory_format).eval()
+        module = module.to(self.device, memory_format=self.memory_format)
         self.model = torch.compile(module, backend=compile_backend) if compile else module
+        self.input_dtype = input_dtype  # a half-precision model takes half-precision inputs
+        # a runtime outside PyTorch's streams (ONNX Runtime) finishes inside its call: the wall clock times it
+        self.host_timed = host_timed
         self.amp_dtype = getattr(torch, amp_dtype) if amp_dtype else None
         self.topk = topk
         # a compiled model sees one batch shape: a short last batch is padded, not recompiled inside the timed loop
         self.pad_to = pad_to if compile else None
         # on CUDA results stay on the device for this many batches: one host sync per group, not per batch
-        self.collect_every = 8 if self.device.type == "cuda" else 1
+        self.collect_every = 8 if self.device.type == "cuda" and not host_timed else 1
 
     def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = images.shape[0]
@@ -89,7 +94,7 @@ class Runner:
             torch.inference_mode(),
             torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None),
         ):
-            logits = self.model(images)[:n]
+            logits = self.model(images if self.input_dtype is None else images.to(self.input_dtype))[:n]
             probs = logits.float().softmax(dim=-1)
             confidence, topk = probs.topk(min(self.topk, probs.shape[-1]), dim=-1)
         return topk, confidence[:, 0]
@@ -107,21 +112,25 @@ class Runner:
     @property
     def timing(self) -> str:
         """What a batch's seconds measure (metrics.json says it beside the latency percentiles)."""
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and not self.host_timed:
             return "CUDA events around the forward, softmax and top-k of each batch (its copy to the device overlaps the previous batch)"
+        if self.device.type == "cuda":
+            return "wall clock (perf_counter) around each batch's forward, softmax and top-k, the device synchronised before and after (the runtime runs outside PyTorch's streams)"
         return "wall clock (perf_counter) around the forward, softmax and top-k of each batch"
 
     def __call__(self, images: torch.Tensor) -> BatchOutput:
         """Queue one batch (on the device already); nothing waits for the device here on CUDA."""
         try:
-            if self.device.type == "cuda":
+            if self.device.type == "cuda" and not self.host_timed:
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
                 topk, confidence = self._forward(images)
                 end.record()
                 return BatchOutput(topk, confidence, start, end)
+            self.synchronize()  # on CUDA (host-timed): the batch's copy is not the runtime's time
             start = time.perf_counter()
             topk, confidence = self._forward(images)
+            self.synchronize()
             return BatchOutput(topk, confidence, start, time.perf_counter())
         except torch.OutOfMemoryError:
             raise UserError(
@@ -137,8 +146,8 @@ class Runner:
         return topk, confidence, [o.seconds for o in outputs]
 
     def gpu_memory(self) -> dict | None:
-        """Peak allocated and reserved bytes on the GPU; None on CPU."""
-        if self.device.type != "cuda":
+        """Peak allocated and reserved bytes on the GPU; None on CPU and for a runtime outside PyTorch's allocator."""
+        if self.device.type != "cuda" or self.host_timed:
             return None
         return {
             "max_allocated_bytes": torch.cuda.max_memory_allocated(self.device),

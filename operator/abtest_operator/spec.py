@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from abtest_api import analyze, crd, evaluate
-from abtest_api.constants import ANALYSIS, API_VERSION, KIND, SUPERIORITY
+from abtest_api.constants import ANALYSIS, API_VERSION, ARTEFACT_FORMATS, ARTEFACT_SETTINGS, FP32, INT8_DYNAMIC, KIND, SUPERIORITY
 from abtest_api.errors import UserError
 
 
@@ -105,6 +105,7 @@ def check_rules(spec: dict) -> None:
             raise UserError(f"ABTest is invalid: spec.models[{i}]: set either pretrained or checkpoint on a model, not both")
         if "mean" in model and "std" in model and len(model["mean"]) != len(model["std"]):
             raise UserError(f"ABTest is invalid: spec.models[{i}]: mean and std need the same number of values")
+        _check_artefact(i, model)
     analysis = spec["analysis"]
     _check_analysis(analyze.values_from_spec(spec))
     if spec.get("shardsPerModel", 1) > 1 and "sequential" in analysis:
@@ -118,6 +119,26 @@ def check_rules(spec: dict) -> None:
         )
     if spec.get("gpusPerModel") and spec["device"] == "cpu":
         raise UserError("ABTest is invalid: spec.gpusPerModel must be 0 (or unset) when spec.device is cpu")
+    if spec["device"] != "cpu" and any(m.get("precision") == INT8_DYNAMIC for m in spec["models"]):
+        raise UserError("ABTest is invalid: spec.models[].precision int8-dynamic runs on the CPU only; set spec.device to cpu")
+
+
+def _check_artefact(i: int, model: dict) -> None:
+    """The CEL rules on an artefact's model entry: its file, its preprocessing, no precision of its own."""
+    if model["architecture"] not in ARTEFACT_FORMATS:
+        return
+    if "checkpoint" not in model or model.get("pretrained"):
+        raise UserError(
+            f"ABTest is invalid: spec.models[{i}].checkpoint is required for an artefact (torchscript, export, onnx) and pretrained is not allowed; set checkpoint to the file"
+        )
+    if any(key not in model for key in ARTEFACT_SETTINGS):
+        raise UserError(
+            f"ABTest is invalid: spec.models[{i}]: an artefact (torchscript, export, onnx) has no pretrained config; set spec.models[].inputSize, interpolation, mean, std and cropPct to its training preprocessing"
+        )
+    if model.get("precision", FP32) != FP32:
+        raise UserError(
+            f"ABTest is invalid: spec.models[{i}].precision applies to timm/torchvision models; an artefact runs at the precision it was exported with (drop precision)"
+        )
 
 
 def _check_analysis(values: dict) -> None:

@@ -77,12 +77,14 @@ def operator(cluster, binaries, images):
 
 
 @pytest.fixture(scope="session")
-def models_dir(cluster, trained_models) -> Path:
-    """The examples' checkpoints/ folder, with the tests' tiny trained models, for the models volume."""
+def models_dir(cluster, trained_models, exported_models) -> Path:
+    """The examples' checkpoints/ folder, with the tests' tiny trained models and the resnet's ONNX export, for the
+    models volume."""
     folder = cluster.root / "models" / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     for arch, name in EXAMPLE_CHECKPOINTS.items():
         shutil.copy(trained_models[arch], folder / name)
+    shutil.copy(exported_models["onnx"], folder / "resnet10t-digits.onnx")  # examples/abtest-digits-export.yaml
     return folder.parent
 
 

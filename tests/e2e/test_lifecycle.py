@@ -108,6 +108,27 @@ def test_a_non_inferiority_test_reaches_its_decision_in_status(cluster, namespac
     assert status["result"]["verdict"].startswith(f"vit {verb} resnet within 10 points")
 
 
+def test_the_export_example_checks_an_onnx_export_and_an_int8_variant_in_the_cluster(cluster, namespace):
+    """examples/abtest-digits-export.yaml: the PyTorch model, its ONNX export (ONNX Runtime in the CPU evaluator image)
+    and its int8 variant, each a non-inferiority candidate; the files on the volume say what ran each model."""
+    manifest = example_manifest("abtest-digits-export.yaml", namespace.name)
+    apply(cluster, manifest)
+    done = wait_phase(cluster, namespace.name, "digits-resnet-export", ("Succeeded", "Failed"))
+    status = done["status"]
+    assert status["phase"] == "Succeeded", status
+    results = namespace.results / namespace.name / "digits-resnet-export" / done["metadata"]["uid"]
+    metrics = {m: json.loads((results / m / "metrics.json").read_text()) for m in ("pytorch", "onnx", "int8")}
+    assert metrics["onnx"]["runtime"]["name"] == "onnxruntime" and metrics["onnx"]["runtime"]["providers"] == ["CPUExecutionProvider"]
+    assert (metrics["pytorch"]["precision"], metrics["int8"]["precision"]) == ("fp32", "int8-dynamic")
+    assert {m: s["runsAs"] for m, s in status["result"]["models"].items()} == {"pytorch": "fp32", "onnx": "onnx", "int8": "int8-dynamic"}
+    preds = {m: pq.read_table(results / m / "predictions.parquet").column("pred").to_pylist() for m in metrics}
+    assert preds["onnx"] == preds["pytorch"]  # the export kept every prediction (tests/test_artefacts.py: to 1e-5)
+    assert [(c["a"], c["b"]) for c in status["result"]["comparisons"]] == [("pytorch", "onnx"), ("pytorch", "int8")]
+    assert status["result"]["hypothesis"] == "noninferiority" and status["result"]["margin"] == 0.02
+    onnx = status["result"]["comparisons"][0]
+    assert onnx["decision"] == ("noninferior" if onnx["ci"][1] < 0.02 else "inconclusive")
+
+
 def test_three_models_get_cochran_q_and_holm(cluster, namespace):
     from statsmodels.stats.multitest import multipletests
 

@@ -39,6 +39,11 @@ API_MESSAGES = {
     "sharded sequential": "spec.shardsPerModel above 1 cannot be combined with spec.analysis.sequential",
     "65 shards": "spec.shardsPerModel: Invalid value",
     "9 queued models": "spec.queueName admits the models as one Kueue workload, which holds at most 8 pod sets",
+    "artefact without file": "spec.models[].checkpoint is required for an artefact (torchscript, export, onnx)",
+    "artefact without preprocessing": "an artefact (torchscript, export, onnx) has no pretrained config; set spec.models[].inputSize",
+    "artefact precision": "spec.models[].precision applies to timm/torchvision models",
+    "int8 off the cpu": "spec.models[].precision int8-dynamic runs on the CPU only",
+    "unknown precision": "spec.models[0].precision: Unsupported value",
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 
-from abtest_api.result import format_p
+from abtest_api.result import format_p, runs_as
 from abtest_evaluator.analysis import plots
 
 CSS = """
@@ -41,13 +41,31 @@ def _summary(result: dict) -> str:
                 f"{m['throughput']:.0f}",
                 "-" if m.get("compute_throughput") is None else f"{m['compute_throughput']:.0f}",
                 "-" if m.get("loader_wait_fraction") is None else f"{m['loader_wait_fraction'] * 100:.0f}%",
-                "-" if mem is None else f"{mem / 1e9:.2f}",
+                _not_measured(m, "gpu_memory") if mem is None else f"{mem / 1e9:.2f}",
                 f"{m['ece']:.3f}",
                 m["device"] or "-",
+                m.get("precision", "fp32"),
+                m.get("runtime") or "-",
             ]
         )
     header = ["model", "accuracy", "top-5", "latency ms/batch (p50)", "images/s (wall)", "images/s (compute)", "waiting for data"]
-    return _table([*header, "GPU mem GB", "ECE", "device"], rows)
+    return _table([*header, "GPU mem GB", "ECE", "device", "precision", "runtime"], rows) + _runtime_notes(result)
+
+
+def _not_measured(m: dict, field: str) -> str:
+    """A dash, marked when the runtime cannot measure the field (the note under the table says why)."""
+    return "n/a*" if field in (m.get("not_measured") or {}) else "-"
+
+
+def _runtime_notes(result: dict) -> str:
+    """Why a field is not measured, or a setting not applied, for a model's runtime."""
+    notes = [
+        f"<li>{html.escape(name)}: {html.escape(field)} {kind}: {html.escape(why)}</li>"
+        for name, m in result["models"].items()
+        for kind, reasons in (("not measured*", m.get("not_measured") or {}), ("not applied", m.get("not_applied") or {}))
+        for field, why in reasons.items()
+    ]
+    return f"<ul class='notes'>{''.join(notes)}</ul>" if notes else ""
 
 
 def _comparisons(result: dict) -> str:
@@ -188,7 +206,10 @@ def render(result: dict, metrics: dict[str, dict]) -> str:
 
 def text_table(result: dict) -> str:
     """The plain-text table of design.md §1."""
-    rows = [("model", "accuracy", "latency ms/batch", "img/s", "GPU mem GB")]
+    # what each model runs as, when not all are PyTorch fp32 (an artefact's format, a variant's precision)
+    variants = {name: runs_as(m) for name, m in result["models"].items()}
+    shown = set(variants.values()) != {"fp32"}
+    rows = [("model", "accuracy", "latency ms/batch", "img/s", "GPU mem GB", *(["runs as"] if shown else []))]
     for name, m in result["models"].items():
         mem = m["gpu_memory_bytes"]
         rows.append(
@@ -197,7 +218,8 @@ def text_table(result: dict) -> str:
                 f"{m['accuracy'] * 100:.1f}%",
                 f"{m['latency_ms_p50']:.1f}",
                 f"{m['throughput']:.0f}",
-                "-" if mem is None else f"{mem / 1e9:.1f}",
+                ("n/a" if "gpu_memory" in (m.get("not_measured") or {}) else "-") if mem is None else f"{mem / 1e9:.1f}",
+                *([variants[name]] if shown else []),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

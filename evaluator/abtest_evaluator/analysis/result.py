@@ -33,7 +33,23 @@ def model_summary(m: ModelData) -> dict:
         "device": (met.get("device") or {}).get("name"),
         "architecture": met.get("architecture"),
         "weights": met.get("weights"),
+        "precision": met.get("precision", "fp32"),
+        "format": (met.get("runtime") or {}).get("format", "pytorch"),  # pytorch, or the artefact's: torchscript, export, onnx
+        "runtime": runtime_label(met.get("runtime")),
+        # metrics.json fields the model's runtime cannot measure (null there), and settings that do not apply to it
+        "not_measured": (met.get("runtime") or {}).get("not_measured") or {},
+        "not_applied": (met.get("runtime") or {}).get("not_applied") or {},
     }
+
+
+def runtime_label(runtime: dict | None) -> str:
+    """What ran the model, e.g. "onnxruntime 1.32.0 (CPUExecutionProvider)"; PyTorch eager for older metrics.json."""
+    if not runtime:
+        return "PyTorch eager"
+    if runtime.get("format") == "pytorch":
+        return f"PyTorch eager {runtime['version']}"
+    providers = f" ({', '.join(runtime['providers'])})" if runtime.get("providers") else ""
+    return f"{runtime['format']}: {runtime['name']} {runtime['version']}{providers}"
 
 
 def compare_models(

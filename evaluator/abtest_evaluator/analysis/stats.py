@@ -251,14 +251,20 @@ def holm(p_values: list[float], alpha: float) -> tuple[list[float], list[bool]]:
 
 
 def cochran_q(correct: np.ndarray, alpha: float) -> dict:
-    """Cochran's Q omnibus over an (n samples x k models) boolean matrix."""
-    res = cochrans_q(correct.astype(np.int8))
-    log_p = chi2_logsf(res.statistic, res.df)
-    p = _p_value(float(res.pvalue), float(log_p))
+    """Cochran's Q omnibus over an (n samples x k models) boolean matrix. With no sample on which the models
+    disagree (an export that kept every prediction) Q is 0/0: there is no difference to find, so Q = 0 and p = 1."""
+    disagreeing = int((correct.min(axis=1) != correct.max(axis=1)).sum())
+    if disagreeing:
+        res = cochrans_q(correct.astype(np.int8))
+        statistic, df, log_p = float(res.statistic), int(res.df), float(chi2_logsf(res.statistic, res.df))
+        p = _p_value(float(res.pvalue), log_p)
+    else:
+        statistic, df, p = 0.0, correct.shape[1] - 1, _p_value(1.0, 0.0)
     return {
         "test": "cochrans_q",
-        "statistic": float(res.statistic),
-        "df": int(res.df),
+        "statistic": statistic,
+        "df": df,
+        "disagreeing_samples": disagreeing,
         "p_value": p.value,
         "p_value_text": p.text,
         "log10_p_value": p.log10,

@@ -99,7 +99,7 @@ INVALID_SPECS = {
     "artefact without file": lambda s: as_onnx_model(s["models"][0], drop=("checkpoint",)),
     "artefact without preprocessing": lambda s: s["models"][0].update(architecture="onnx"),
     "artefact precision": lambda s: as_onnx_model(s["models"][0], precision="fp16"),
-    "int8 off the cpu": lambda s: s["models"][1].update(precision="int8-dynamic"),
+    "int8 off the cpu": lambda s: (s.update(device="auto"), s["models"][1].update(precision="int8-dynamic")),
     "unknown precision": lambda s: s["models"][0].update(precision="fp8"),
 }
 
@@ -157,3 +157,23 @@ def local_manifest(path: Path, name: str, models: list[dict], **spec) -> Path:
     }
     path.write_text(yaml.safe_dump(manifest))
     return path
+
+
+def timm_hub_cache(root: Path, name: str = "test_vit") -> Path:
+    """``root`` laid out as the weights cache a model pod reads (constants.weights_cache_env): the Hugging Face cache
+    timm reads (huggingface/hub/models--ORG--NAME/{refs/main, snapshots/REV/}), holding ``name``'s seeded random
+    weights saved here, never downloaded; returns the weights' file."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(7)
+    model = timm.create_model(name, pretrained=False)
+    repo = root / "huggingface" / "hub" / f"models--{model.pretrained_cfg['hf_hub_id'].replace('/', '--')}"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    weights = repo / "snapshots" / revision / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    return weights

@@ -536,6 +536,31 @@ def test_policy_refuses_unlisted_images_and_volume_sources_naming_the_field():
     policy.check(parse_abtest(nfs), dataclasses.replace(CFG, allowed_volume_sources=("nfs", "persistentVolumeClaim")))
 
 
+def test_a_weights_cache_is_mounted_read_only_with_the_hubs_offline_on_model_pods_only():
+    manifest = example()
+    manifest["spec"]["weightsCache"] = {"persistentVolumeClaim": {"claimName": "hub-weights", "readOnly": True}}
+    manifest["spec"]["models"][0].update(pretrained=True)
+    manifest["spec"]["models"][0].pop("checkpoint")
+    spec = parse_abtest(manifest)
+    policy.check(spec, CFG)
+    rendered = manifests.render_all(spec, CFG)
+    pods = {d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in rendered if d["kind"] == "Job"}
+    for job, pod in pods.items():
+        (container,) = pod["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        if job.endswith("-analysis"):  # the analysis reads predictions, never weights
+            assert "weights" not in mounts and "HF_HUB_OFFLINE" not in env
+            continue
+        assert mounts["weights"] == {"name": "weights", "mountPath": "/weights", "readOnly": True}
+        assert {"name": "weights", "persistentVolumeClaim": {"claimName": "hub-weights", "readOnly": True}} in pod["volumes"]
+        assert (env["HF_HOME"], env["TORCH_HOME"], env["HF_HUB_OFFLINE"]) == ("/weights/huggingface", "/weights/torch", "1")
+    assert len(pods) == 3
+    manifest["spec"]["weightsCache"] = {"hostPath": {"path": "/root/.cache"}}
+    with pytest.raises(UserError, match="spec.weightsCache uses hostPath, which this operator does not allow"):
+        policy.check(parse_abtest(manifest), CFG)
+
+
 def test_render_refuses_what_the_operator_would_refuse(tmp_path):
     manifest = example()
     manifest["spec"]["dataset"]["volume"] = {"hostPath": {"path": "/etc"}}

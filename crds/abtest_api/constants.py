@@ -65,3 +65,11 @@ ARTEFACT_SETTINGS = ("inputSize", "interpolation", "mean", "std", "cropPct")  # 
 # int8-dynamic quantizes its linear layers with PyTorch's dynamic quantization (CPU only). Artefacts run as exported.
 FP32, FP16, BF16, INT8_DYNAMIC = "fp32", "fp16", "bf16", "int8-dynamic"
 PRECISIONS = (FP32, FP16, BF16, INT8_DYNAMIC)
+
+
+def weights_cache_env(root: str, offline: bool = True) -> dict[str, str]:
+    """The environment that points timm (the Hugging Face hub cache, ROOT/huggingface/hub) and torchvision (torch hub,
+    ROOT/torch/hub/checkpoints) at a weights cache folder: a model pod with spec.weightsCache gets it with both hubs
+    offline; `abtest cache-weights` fills the folder with them online."""
+    env = {"HF_HOME": f"{root}/huggingface", "TORCH_HOME": f"{root}/torch"}
+    return {**env, "HF_HUB_OFFLINE": "1"} if offline else env

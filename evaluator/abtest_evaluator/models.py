@@ -73,6 +73,10 @@ def build_model(
 ) -> LoadedModel:
     if pretrained and checkpoint:
         raise UserError("pass either --pretrained or --checkpoint, not both")
+    if pretrained:  # offline, the hub retries each file with a warning per try: the one-line error below says it all
+        from huggingface_hub.utils import logging as hub_logging
+
+        hub_logging.set_verbosity_error()
     try:
         module, cfg = _build(architecture, num_classes, in_chans, pretrained)
     except UserError:
@@ -81,7 +85,8 @@ def build_model(
         if not pretrained:
             raise
         raise UserError(
-            f"could not fetch pretrained weights for {architecture} ({err.__class__.__name__}); offline clusters need --checkpoint FILE (spec.models[].checkpoint)"
+            f"could not fetch pretrained weights for {architecture} ({err.__class__.__name__}); offline, fill a weights cache where the hub "
+            "is reachable (abtest cache-weights FILE --dir DIR) and mount it as spec.weightsCache, or use --checkpoint FILE (spec.models[].checkpoint)"
         ) from None
     weights = "pretrained" if pretrained else "random"
     if checkpoint:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import sys
+from pathlib import Path
 
 from abtest_api.errors import UserError
 
@@ -189,6 +191,46 @@ def cmd_operator(args) -> int:
     return 0
 
 
+IMAGENET_CLASSES = 1000  # what the hubs' pretrained classifiers output
+
+
+def add_cache_weights(sub) -> None:
+    p = sub.add_parser(
+        "cache-weights",
+        help="download the pretrained weights of an ABTest's models into a folder for spec.weightsCache (needs the hubs' network)",
+    )
+    p.add_argument("file", help="ABTest YAML")
+    p.add_argument("--dir", default="weights", help="the cache folder to fill (default: ./weights); copy it to the volume")
+    p.set_defaults(func=cmd_cache_weights)
+
+
+def cmd_cache_weights(args) -> int:
+    from abtest_api.constants import weights_cache_env
+    from abtest_operator.spec import load_manifest, parse_abtest
+
+    spec = parse_abtest(load_manifest(args.file))
+    root = Path(args.dir).resolve()
+    os.environ.update(weights_cache_env(str(root), offline=False))  # before the hubs' libraries read it, at import
+    from abtest_evaluator.models import build_model
+
+    wanted = [m for m in spec.models if m.settings.get("pretrained")]
+    if not wanted:
+        raise UserError(f"{args.file}: no model sets pretrained: true; there is nothing to cache")
+    for model in wanted:
+        try:  # the hubs' files hold the ImageNet head; the ABTest's own head is fitted when its pod loads them
+            build_model(model.architecture, IMAGENET_CLASSES, model.settings.get("in_chans", 3), pretrained=True)
+        except UserError as err:
+            if not str(err).startswith("could not fetch"):
+                raise
+            raise UserError(
+                f"could not fetch pretrained weights for {model.architecture}; abtest cache-weights needs network access to the model hubs: "
+                "run it where they are reachable"
+            ) from None
+        print(f"{model.name}: {model.architecture} -> {root}")
+    print(f"mount {root} (copied to a volume) as spec.weightsCache; its pods read it offline at /weights")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="abtest", description="Statistically rigorous A/B tests of image classifiers.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
@@ -197,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_analyze(sub)
     add_run(sub)
     add_render(sub)
+    add_cache_weights(sub)
     add_operator(sub)
     return parser
 

@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 
-from abtest_api.constants import ANALYSIS, API_VERSION, GROUP, KIND, LABEL_MODEL, LABEL_UID, USER_ERROR_EXIT, WRITE_FAILURE_EXIT
+from abtest_api.constants import (
+    ANALYSIS,
+    API_VERSION,
+    GROUP,
+    KIND,
+    LABEL_MODEL,
+    LABEL_UID,
+    USER_ERROR_EXIT,
+    WRITE_FAILURE_EXIT,
+    weights_cache_env,
+)
 from abtest_operator import plan
 from abtest_operator.names import (
     DATA_MOUNT,
@@ -17,6 +27,7 @@ from abtest_operator.names import (
     MODELS_MOUNT,
     QUEUE_LABEL,
     RESULTS_MOUNT,
+    WEIGHTS_MOUNT,
     analysis_job_name,
     analysis_service_account,
     jobset_name,
@@ -66,7 +77,12 @@ def _volumes(spec: ABTestSpec, cfg: OperatorConfig, model_volumes: bool) -> tupl
         {"name": "dshm", "mountPath": "/dev/shm"},
     ]
     if model_volumes:
-        for name, source, mount in (("data", spec.dataset_volume, DATA_MOUNT), ("models", spec.models_volume, MODELS_MOUNT)):
+        sources = (
+            ("data", spec.dataset_volume, DATA_MOUNT),
+            ("models", spec.models_volume, MODELS_MOUNT),
+            ("weights", spec.weights_cache, WEIGHTS_MOUNT),
+        )
+        for name, source, mount in sources:
             if source:
                 volumes.append({"name": name, **source})
                 mounts.append({"name": name, "mountPath": mount, "readOnly": True})
@@ -184,6 +200,8 @@ def _pod_spec(
 def build_model_job(spec: ABTestSpec, run: plan.ModelRun, cfg: OperatorConfig) -> dict:
     """One model's Job: same image, seed and data flags as every other model; only the model differs."""
     env = [*_env(spec, cfg), {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+    if spec.weights_cache:  # the hubs read pretrained weights from the cache volume, never from the network
+        env += [{"name": k, "value": v} for k, v in weights_cache_env(WEIGHTS_MOUNT).items()]
     if spec.shards > 1:
         env.append({"name": SHARD_ENV, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX}']"}}})
     pod_spec = _pod_spec(spec, cfg, list(run.argv), env, model_resources(spec, cfg), True, automountServiceAccountToken=False)

@@ -12,7 +12,7 @@ from pathlib import PurePosixPath
 from abtest_api.constants import ANALYSIS, LABEL_MODEL, LABEL_NAME, LABEL_ROLE
 from abtest_operator.spec import ABTestSpec
 
-RESULTS_MOUNT, MODELS_MOUNT, DATA_MOUNT = "/results", "/models", "/data"
+RESULTS_MOUNT, MODELS_MOUNT, DATA_MOUNT, WEIGHTS_MOUNT = "/results", "/models", "/data", "/weights"
 
 # With spec.queueName the model Jobs are one JobSet, which Kueue admits as one workload: all models or none.
 JOBSET_GROUP, JOBSET_VERSION, JOBSET_PLURAL = "jobset.x-k8s.io", "v1alpha2", "jobsets"

@@ -42,7 +42,12 @@ def check(spec: ABTestSpec, cfg: OperatorConfig) -> None:
             f"spec.image {spec.image!r} is not allowed by this operator (allowed: {', '.join(allowed_images)}); "
             "leave spec.image unset for the configured evaluator, or ask the cluster admin to add it to the chart's evaluator.allowedImages"
         )
-    for field, volume in (("spec.dataset.volume", spec.dataset_volume), ("spec.modelsVolume", spec.models_volume)):
+    volumes = (
+        ("spec.dataset.volume", spec.dataset_volume),
+        ("spec.modelsVolume", spec.models_volume),
+        ("spec.weightsCache", spec.weights_cache),
+    )
+    for field, volume in volumes:
         refused = sorted(set(volume or {}) - {"name"} - set(cfg.allowed_volume_sources))
         if refused:
             raise UserError(

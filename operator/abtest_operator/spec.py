@@ -57,6 +57,7 @@ class ABTestSpec:
     affinity: dict = field(default_factory=dict, compare=False)
     dataset_volume: dict | None = field(default=None, compare=False)  # a volume source, mounted at /data
     models_volume: dict | None = field(default=None, compare=False)  # a volume source, mounted at /models
+    weights_cache: dict | None = field(default=None, compare=False)  # a volume source of hub weights, mounted at /weights
     results: ResultsSpec = ResultsSpec()
     queue_name: str | None = None
     stall_timeout_seconds: int = 300
@@ -178,6 +179,7 @@ def parse_abtest(manifest: dict) -> ABTestSpec:
         affinity=spec.get("affinity") or {},
         dataset_volume=spec["dataset"].get("volume"),
         models_volume=spec.get("modelsVolume"),
+        weights_cache=spec.get("weightsCache"),
         results=ResultsSpec(
             results.get("claimName"),
             results.get("accessMode", "ReadWriteMany"),

@@ -39,7 +39,8 @@ class Runtime:
     not_measured: dict[str, str] = field(default_factory=dict)  # metrics.json field -> why the runtime cannot report it
 
 
-def _first_line(err: Exception) -> str:
+def first_line(err: Exception) -> str:
+    """An exception as one short line: its type and the first line of its message."""
     return f"{err.__class__.__name__}: {(str(err).strip().splitlines() or [''])[0][:160]}"
 
 
@@ -90,7 +91,7 @@ def _load_torchscript(path: str) -> nn.Module:
         return torch.jit.load(path, map_location="cpu").eval()
     except Exception as err:
         raise _fail(
-            TORCHSCRIPT, path, f"cannot be loaded ({_first_line(err)})", "write it with torch.jit.save (or use architecture export/onnx)"
+            TORCHSCRIPT, path, f"cannot be loaded ({first_line(err)})", "write it with torch.jit.save (or use architecture export/onnx)"
         ) from None
 
 
@@ -100,7 +101,7 @@ def _load_export(path: str) -> nn.Module:
         with _weights_only_loads():
             program = torch.export.load(path)
     except Exception as err:
-        raise _fail(EXPORT, path, f"cannot be loaded ({_first_line(err)})", "write it with torch.export.save") from None
+        raise _fail(EXPORT, path, f"cannot be loaded ({first_line(err)})", "write it with torch.export.save") from None
     return program.module()
 
 
@@ -147,7 +148,7 @@ def _onnx_session(path: str, device: str, threads: int | None):
     try:
         return ort.InferenceSession(path, sess_options=options, providers=wanted)
     except Exception as err:
-        raise _fail(ONNX, path, f"cannot be loaded by ONNX Runtime ({_first_line(err)})", "export it with torch.onnx.export") from None
+        raise _fail(ONNX, path, f"cannot be loaded by ONNX Runtime ({first_line(err)})", "export it with torch.onnx.export") from None
 
 
 def _check_onnx_input(session, path: str, input_size: tuple[int, int, int]) -> None:
@@ -170,7 +171,7 @@ def probe(module: nn.Module, fmt: str, path: str, input_size: tuple[int, int, in
             logits = module(zeros)
     except Exception as err:
         raise _fail(
-            fmt, path, f"does not take a batch of shape {tuple(zeros.shape)} ({_first_line(err)})",
+            fmt, path, f"does not take a batch of shape {tuple(zeros.shape)} ({first_line(err)})",
             "set spec.models[].inputSize and inChans to what it was exported with (and export it with a dynamic batch)",
         ) from None  # fmt: skip
     if not isinstance(logits, torch.Tensor) or logits.shape != (2, num_classes):

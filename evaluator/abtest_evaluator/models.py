@@ -85,7 +85,7 @@ def build_model(
         if not pretrained:
             raise
         raise UserError(
-            f"could not fetch pretrained weights for {architecture} ({err.__class__.__name__}); offline, fill a weights cache where the hub "
+            f"could not fetch pretrained weights for {architecture} ({artefacts.first_line(err)}); offline, fill a weights cache where the hub "
             "is reachable (abtest cache-weights FILE --dir DIR) and mount it as spec.weightsCache, or use --checkpoint FILE (spec.models[].checkpoint)"
         ) from None
     weights = "pretrained" if pretrained else "random"

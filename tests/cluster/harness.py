@@ -208,6 +208,18 @@ def host_volume(cluster: ControlPlane, namespace: str, claim: str, path: Path, r
     cluster.kubectl("apply", "-f", "-", input=json.dumps(pv))
 
 
+def read_only_claim(cluster: ControlPlane, namespace: str, claim: str, path: Path) -> None:
+    """NAMESPACE/CLAIM, a ReadOnlyMany claim bound to ``path`` on the test node (host_volume)."""
+    host_volume(cluster, namespace, claim, path, read_only=True)
+    pvc = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": claim},
+        "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "", "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pvc))
+
+
 def make_namespace(cluster: ControlPlane, models_dir: Path, label: str):
     """A fresh namespace enforcing Pod Security "restricted", with results and models volumes."""
     name = f"e2e-{next(_ns_counter)}-{label[:20].replace('_', '-').strip('-').lower()}"
@@ -217,22 +229,7 @@ def make_namespace(cluster: ControlPlane, models_dir: Path, label: str):
     )
     results = cluster.root / "results" / name
     host_volume(cluster, name, "abtest-results", results)
-    host_volume(cluster, name, "abtest-models", models_dir)
-    cluster.kubectl(
-        "apply",
-        "-n",
-        name,
-        "-f",
-        "-",
-        input=json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "PersistentVolumeClaim",
-                "metadata": {"name": "abtest-models"},
-                "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "", "resources": {"requests": {"storage": "1Gi"}}},
-            }
-        ),
-    )
+    read_only_claim(cluster, name, "abtest-models", models_dir)
     ns = type("Namespace", (), {})()
     ns.name, ns.results = name, results
     return ns

@@ -8,6 +8,7 @@ import pytest
 from statsmodels.stats.contingency_tables import mcnemar
 
 from abtest_api.constants import LABEL_MODEL, LABEL_NAME
+from cluster.harness import read_only_claim
 from helpers import timm_hub_cache
 from kube import apply, events, example_manifest, get_abtest, jobs, wait_phase
 
@@ -131,25 +132,28 @@ def test_the_export_example_checks_an_onnx_export_and_an_int8_variant_in_the_clu
     assert onnx["decision"] == ("noninferior" if onnx["ci"][1] < 0.02 else "inconclusive")
 
 
-def test_pretrained_weights_come_from_the_weights_cache_with_the_hubs_offline(cluster, namespace, models_dir):
-    """spec.weightsCache: the vit's pretrained weights from a hub cache the test builds on the models claim, mounted
-    read-only at /weights with the hubs switched offline (the cluster reaches no hub either)."""
+def test_pretrained_weights_come_from_the_weights_cache_with_the_hubs_offline(cluster, namespace):
+    """spec.weightsCache: the vit's pretrained weights from a hub cache the test builds (never downloaded) on a claim of
+    its own, mounted read-only at /weights with the hubs switched offline (the cluster reaches no hub either)."""
     from safetensors.torch import load_file
 
-    weights = next(models_dir.glob("huggingface/hub/*/snapshots/*/model.safetensors"), None) or timm_hub_cache(models_dir)
+    cache = cluster.root / "weights" / namespace.name
+    weights = timm_hub_cache(cache)
+    read_only_claim(cluster, namespace.name, "hub-weights", cache)
     manifest = example_manifest("abtest-digits.yaml", namespace.name)
     manifest["metadata"]["name"] = "pretrained-offline"
     vit = manifest["spec"]["models"][1]
     vit.pop("checkpoint")
     vit["pretrained"] = True
-    manifest["spec"]["weightsCache"] = {"persistentVolumeClaim": {"claimName": "abtest-models", "readOnly": True}}
+    manifest["spec"]["weightsCache"] = {"persistentVolumeClaim": {"claimName": "hub-weights", "readOnly": True}}
     apply(cluster, manifest)
     done = wait_phase(cluster, namespace.name, "pretrained-offline", ("Succeeded", "Failed"))
-    assert done["status"]["phase"] == "Succeeded", done["status"]
-    results = namespace.results / namespace.name / "pretrained-offline" / done["metadata"]["uid"]
-    assert json.loads((results / "vit" / "metrics.json").read_text())["weights"] == "pretrained"
     (vit_job,) = [j for j in jobs(cluster, namespace.name) if j["metadata"]["labels"].get(LABEL_MODEL) == "vit"
                   and j["metadata"]["labels"].get(LABEL_NAME) == "pretrained-offline"]  # fmt: skip
+    log = cluster.kubectl("logs", "-n", namespace.name, f"job/{vit_job['metadata']['name']}", check=False)
+    assert done["status"]["phase"] == "Succeeded", log.stdout[-2000:] + log.stderr[-500:]
+    results = namespace.results / namespace.name / "pretrained-offline" / done["metadata"]["uid"]
+    assert json.loads((results / "vit" / "metrics.json").read_text())["weights"] == "pretrained"
     pod = vit_job["spec"]["template"]["spec"]
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env["HF_HUB_OFFLINE"] == "1" and env["HF_HOME"] == "/weights/huggingface"

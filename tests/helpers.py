@@ -176,4 +176,5 @@ def timm_hub_cache(root: Path, name: str = "test_vit") -> Path:
     (repo / "snapshots" / revision).mkdir(parents=True)
     weights = repo / "snapshots" / revision / "model.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    weights.chmod(0o644)  # safetensors writes 0600; the evaluator's non-root user reads the cache volume
     return weights

@@ -398,7 +398,13 @@ def test_run_the_export_example_locally(tmp_path, trained_models, exported_model
     assert header.split()[-2:] == ["runs", "as"] and [r.split()[-1] for r in rows] == ["fp32", "onnx", "int8-dynamic"]
     assert result["models"]["onnx"]["runtime"].startswith("onnx: onnxruntime ") and result["models"]["int8"]["precision"] == "int8-dynamic"
     assert [m["runsAs"] for m in status_result(result)["models"].values()] == ["fp32", "onnx", "int8-dynamic"]
-    assert result["omnibus"]["p_value"] <= 1 and [c["decision"] for c in result["comparisons"]] != []
+    correct = [(lambda t: t.column("pred").to_numpy() == t.column("label").to_numpy())(pq.read_table(tmp_path / "out" / m / "predictions.parquet"))
+               for m in ("pytorch", "onnx", "int8")]  # fmt: skip
+    disagreeing = int((np.column_stack(correct).min(axis=1) != np.column_stack(correct).max(axis=1)).sum())
+    assert result["omnibus"]["disagreeing_samples"] == disagreeing
+    assert [c["decision"] for c in result["comparisons"]] == [
+        "noninferior" if c["ci"][1] < 0.02 else "inconclusive" for c in result["comparisons"]
+    ]
     page = (tmp_path / "out" / "report.html").read_text()
     assert "<th>runtime</th>" in page and "onnxruntime" in page and "int8-dynamic" in page
 

@@ -77,9 +77,7 @@ def test_a_half_precision_variant_runs_its_weights_and_inputs_in_that_dtype(prec
     seen = []
     module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
     module.register_forward_pre_hook(lambda _, args: seen.append(args[0].dtype))
-    runner = Runner(
-        models.apply_precision(module, precision), "cpu", topk=2, input_dtype={"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-    )
+    runner = Runner(models.apply_precision(module, precision), "cpu", topk=2, input_dtype=models.HALF_DTYPES.get(precision))
     out = runner(torch.randn(3, 3, 2, 2))
     assert seen == [dtype] and module[1].weight.dtype == dtype
     assert out.confidence.dtype == torch.float32 and out.topk.shape == (3, 2)  # softmax in float32 whatever the model's

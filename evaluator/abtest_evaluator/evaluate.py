@@ -18,7 +18,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader
 
-from abtest_api.constants import BF16, FP16, FP32, MAX_LOOKS, METRICS, PREDICTIONS, look_dir, look_sizes, shard_file, shard_range
+from abtest_api.constants import FP32, MAX_LOOKS, METRICS, PREDICTIONS, look_dir, look_sizes, shard_file, shard_range
 from abtest_api.errors import UserError
 from abtest_api.evaluate import EvalConfig
 from abtest_evaluator import datasets, kernels, loader, measurements, models, resolve, results
@@ -194,7 +194,7 @@ def prepare(cfg: EvalConfig) -> Prepared:
     compile = cfg.compile and loaded.runtime is None  # torch.compile is for PyTorch eager models (metrics.json says so)
     runner = Runner(
         models.apply_precision(loaded.module, precision), device, amp_dtype, channels_last, compile, pad_to=cfg.batch_size,
-        input_dtype=HALF_PRECISIONS.get(precision), host_timed=bool(loaded.runtime and loaded.runtime.host_timed),
+        input_dtype=models.HALF_DTYPES.get(precision), host_timed=bool(loaded.runtime and loaded.runtime.host_timed),
     )  # fmt: skip
     batches = DataLoader(
         loader.TransformedDataset(ds, transform, mode),
@@ -214,9 +214,6 @@ def prepare(cfg: EvalConfig) -> Prepared:
         loader=loader.DeviceBatches(batches, runner.device, to_input), runner=runner, fingerprint=fingerprint, shard=shard,
         skipped=skipped, barrier=barrier,
     )  # fmt: skip
-
-
-HALF_PRECISIONS = {FP16: torch.float16, BF16: torch.bfloat16}  # the input dtype of a model cast to half precision
 
 
 def load_model(cfg: EvalConfig, num_classes: int, device: str, threads: int) -> tuple[models.LoadedModel, resolve.DataConfig]:
@@ -311,21 +308,13 @@ def runtime_summary(prep: Prepared) -> dict:
         not_applied["amp"] = (
             f"autocast is for full-precision PyTorch models; this one runs {'as exported' if runtime else 'at ' + cfg.precision}"
         )
-    if runtime is None:
-        return {
-            "format": "pytorch",
-            "name": "torch",
-            "version": torch.__version__,
-            "providers": [],
-            "not_measured": {},
-            "not_applied": not_applied,
-        }
     return {
-        "format": cfg.artefact,
-        "name": runtime.name,
-        "version": runtime.version,
-        "providers": list(runtime.providers),
-        "not_measured": dict(runtime.not_measured) if prep.device == "cuda" else {},  # on CPU no model reports GPU memory
+        "format": cfg.artefact or "pytorch",
+        "name": runtime.name if runtime else "torch",
+        "version": runtime.version if runtime else torch.__version__,
+        "providers": list(runtime.providers) if runtime else [],
+        # on CPU no model reports GPU memory, so there is nothing the runtime leaves out
+        "not_measured": dict(runtime.not_measured) if runtime and prep.device == "cuda" else {},
         "not_applied": not_applied,
     }
 
@@ -374,7 +363,7 @@ def build_metrics(prep: Prepared, loop: Loop, look: int | None = None) -> dict:
                 "threads": prep.threads,
                 "amp_dtype": prep.amp_dtype,
                 "channels_last": prep.channels_last,
-                "compile": cfg.compile and prep.model.runtime is None,
+                "compile": prep.runner.compiled,
                 "deterministic": not cfg.nondeterministic,
                 "kernels": kernels.settings(),  # what decides the CPU numerics: the analysis warns when models differ
                 "preprocess": cfg.preprocess,

@@ -18,6 +18,10 @@ from abtest_evaluator import artefacts
 STATE_DICT_KEYS = ("state_dict_ema", "state_dict", "model_state_dict", "model", "module")
 
 
+class PretrainedUnavailable(UserError):
+    """The hub's pretrained weights could not be fetched (no network, no cache)."""
+
+
 @dataclass
 class LoadedModel:
     module: nn.Module
@@ -84,7 +88,7 @@ def build_model(
     except Exception as err:  # hub download failures come in many types (OSError, HTTPError, LocalEntryNotFoundError…)
         if not pretrained:
             raise
-        raise UserError(
+        raise PretrainedUnavailable(
             f"could not fetch pretrained weights for {architecture} ({artefacts.first_line(err)}); offline, fill a weights cache where the hub "
             "is reachable (abtest cache-weights FILE --dir DIR) and mount it as spec.weightsCache, or use --checkpoint FILE (spec.models[].checkpoint)"
         ) from None
@@ -102,6 +106,9 @@ def load_artefact_model(
     return LoadedModel(module, fmt, num_classes, None, f"artefact:{path}", runtime)
 
 
+HALF_DTYPES = {FP16: torch.float16, BF16: torch.bfloat16}  # a half-precision variant's weights and inputs
+
+
 def apply_precision(module: nn.Module, precision: str) -> nn.Module:
     """The model at ``precision``: fp16/bf16 weights, or int8-dynamic (its linear layers quantized with PyTorch's
     dynamic quantization: int8 weights, activations quantized per batch; convolutions stay float32)."""
@@ -111,7 +118,7 @@ def apply_precision(module: nn.Module, precision: str) -> nn.Module:
         from torch.ao.quantization import quantize_dynamic
 
         return quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8)
-    return module.to({FP16: torch.float16, BF16: torch.bfloat16}[precision])
+    return module.to(HALF_DTYPES[precision])
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:

@@ -74,6 +74,7 @@ class Runner:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         module = module.to(self.device, memory_format=self.memory_format)
         self.model = torch.compile(module, backend=compile_backend) if compile else module
+        self.compiled = compile
         self.input_dtype = input_dtype  # a half-precision model takes half-precision inputs
         # a runtime outside PyTorch's streams (ONNX Runtime) finishes inside its call: the wall clock times it
         self.host_timed = host_timed

@@ -211,7 +211,7 @@ def cmd_cache_weights(args) -> int:
     spec = parse_abtest(load_manifest(args.file))
     root = Path(args.dir).resolve()
     os.environ.update(weights_cache_env(str(root), offline=False))  # before the hubs' libraries read it, at import
-    from abtest_evaluator.models import build_model
+    from abtest_evaluator.models import PretrainedUnavailable, build_model
 
     wanted = [m for m in spec.models if m.settings.get("pretrained")]
     if not wanted:
@@ -219,9 +219,7 @@ def cmd_cache_weights(args) -> int:
     for model in wanted:
         try:  # the hubs' files hold the ImageNet head; the ABTest's own head is fitted when its pod loads them
             build_model(model.architecture, IMAGENET_CLASSES, model.settings.get("in_chans", 3), pretrained=True)
-        except UserError as err:
-            if not str(err).startswith("could not fetch"):
-                raise
+        except PretrainedUnavailable:
             raise UserError(
                 f"could not fetch pretrained weights for {model.architecture}; abtest cache-weights needs network access to the model hubs: "
                 "run it where they are reachable"
